@@ -1,0 +1,132 @@
+"""Command line: ``python -m samkit {train,validate,stage} ...`` (``--help`` on each)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from .train import TrainConfig
+
+_HELP = {
+    "dataset": "fashion_mnist | mnist | cifar10 | synthetic | toy1d",
+    "n_train": "class-balanced training subset size (0 = all)",
+    "n_val": "validation examples carved from the training set (for early stopping)",
+    "n_test": "evaluate on a fixed random test subset of this size (0 = all)",
+    "label_noise": "symmetric label-noise rate in [0, 1)",
+    "augment": "random crop (pad 4) + horizontal flip, on device",
+    "data_seed": "seed of the subset, the validation split and the label noise",
+    "model": "preact_resnet18 | mlp | one_hidden_relu",
+    "width": "first-stage channels (ResNet) or hidden units (MLP)",
+    "depth": "number of MLP hidden layers",
+    "prune": "none | random | snip (sparsity at initialisation)",
+    "sparsity": "fraction of prunable weights removed at init, in [0, 1)",
+    "prune_to_width": "prune to the parameter count of the dense model of this width",
+    "optimizer": "sgd | sam | asam",
+    "rho": "SAM/ASAM perturbation radius",
+    "eta": "ASAM's T = |w| + eta",
+    "lr": "learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
+    "weight_decay": "L2 weight decay", "batch_size": "batch size", "epochs": "epochs",
+    "schedule": "step (x0.1 at 50%% and 75%%) | cosine | constant",
+    "loss": "auto | ce | mse (auto: ce for classes, mse for regression)",
+    "early_stopping": "report the epoch of best validation accuracy (needs --n-val)",
+    "seed": "model-init and batch-order seed",
+    "hessian_samples": "measure lambda_max, trace, non-uniformity on this many train points",
+    "device": "auto | cpu | cuda | cuda:N", "bf16": "bf16 autocast",
+    "channels_last": "channels_last memory format (ResNet)", "tag": "free-form label",
+}
+
+
+def _train_parser(sub):
+    p = sub.add_parser("train", help="train one model and print its result as JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=_HELP[f.name])
+        else:
+            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
+                           default=f.default, help=_HELP[f.name], metavar=f.type.upper())
+    p.add_argument("--checkpoint", help="checkpoint path: written every epoch, resumed if present")
+    p.add_argument("--history", action="store_true", help="include the per-epoch history")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--data-root", default=None, help="dataset folder (default $SAMKIT_DATA or ./data)")
+
+
+def cmd_train(args, parser):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    try:
+        cfg = TrainConfig(**values)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.data_root:
+        os.environ["SAMKIT_DATA"] = args.data_root
+    from .train import run
+    result = run(cfg, checkpoint=args.checkpoint, quiet=args.quiet)
+    if not args.history:
+        result.pop("history")
+    print(json.dumps(result, indent=1))
+
+
+def cmd_validate(args, parser):
+    from .params import ParamsError, load
+    try:
+        load(args.params)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.params}: ok")
+    return 0
+
+
+def cmd_stage(args, parser):
+    """Validate params.yaml, then execute notebooks/<study>.ipynb with papermill into the
+    book; the executed copy replaces the old one only when the run succeeded."""
+    from .params import ParamsError, load
+    try:
+        params = load(args.params)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import papermill
+    src = os.path.join("notebooks", f"{args.study}.ipynb")
+    out = os.path.join("book", "studies", f"{args.study}.ipynb")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.tmp.{os.getpid()}.ipynb"
+    parameters = {"profile": params.get("profile", "cpu"), args.study: params[args.study]}
+    t0 = time.time()
+    try:
+        papermill.execute_notebook(src, tmp, parameters=parameters, kernel_name="python3",
+                                   cwd=".", progress_bar=False, log_output=args.verbose)
+    except papermill.PapermillExecutionError as e:
+        os.remove(tmp)  # keep the previous executed notebook, not a failed one
+        print(f"error: {args.study}: notebook failed in cell {e.exec_count}: {e.ename}: "
+              f"{e.evalue}", file=sys.stderr)
+        return 1
+    os.replace(tmp, out)
+    print(f"{args.study}: {out} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="samkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    v = sub.add_parser("validate", help="check params.yaml; one line per problem, exit 2")
+    v.add_argument("params", nargs="?", default="params.yaml")
+    s = sub.add_parser("stage", help="run one study notebook (a DVC stage)")
+    from .params import STUDIES
+    s.add_argument("study", choices=STUDIES)
+    s.add_argument("--params", default="params.yaml")
+    s.add_argument("--verbose", action="store_true", help="stream the notebook's output")
+    args = parser.parse_args(argv)
+    sub_parser = sub.choices[args.command]
+    handler = {"train": cmd_train, "validate": cmd_validate, "stage": cmd_stage}[args.command]
+    return handler(args, sub_parser) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

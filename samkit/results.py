@@ -1,0 +1,81 @@
+"""A study's outputs: runs.csv, one CSV per table and metrics.json, each with provenance.
+
+``results/<profile>/<study>/`` is small and tracked by git; every file is written atomically,
+so a killed notebook leaves the previous results, never half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pandas as pd
+
+from .provenance import provenance
+from .sweep import write_json_atomic
+
+# The blog seed's table (000_*): PreActResNet18 on Fashion-MNIST, batch 128, rho 0.05.
+BLOG_TABLE = pd.DataFrame([
+    {"arm": "SGD 300 ep", "optimizer": "sgd", "epochs": 300, "test_acc": 0.920, "gap": 0.068},
+    {"arm": "SAM 150 ep", "optimizer": "sam", "epochs": 150, "test_acc": 0.925, "gap": 0.023},
+    {"arm": "SAM 200 ep", "optimizer": "sam", "epochs": 200, "test_acc": 0.927, "gap": 0.030},
+])
+
+RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
+               "sparsity", "prune_to_width", "weight_decay", "early_stopping", "epochs", "seed",
+               "status", "diverged_epoch", "params", "nonzero_params", "seconds", "cached")
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.time()
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.start
+
+
+def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.DataFrame],
+         params: dict, seconds: float, metrics: dict | None = None, root: str = "results") -> dict:
+    """Write the study's files; returns the metrics.json content (for the notebook's prose)."""
+    out = os.path.join(root, profile, study)
+    os.makedirs(out, exist_ok=True)
+    metric_cols = [c for c in runs.columns if c.startswith(("final_", "best_", "hessian_"))]
+    cols = [c for c in RUN_COLUMNS if c in runs.columns] + metric_cols
+    _csv_atomic(runs[cols], os.path.join(out, "runs.csv"))
+    for name, table in tables.items():
+        _csv_atomic(table, os.path.join(out, f"{name}.csv"))
+    meta = {
+        "study": study, "profile": profile, "metrics": metrics or {}, "params": params,
+        "seeds": sorted({int(s) for s in runs["seed"]}) if "seed" in runs else [],
+        "n_runs": len(runs), "n_diverged": int((runs["status"] == "diverged").sum()),
+        "n_cached": int(runs["cached"].sum()) if "cached" in runs else 0,
+        "train_seconds": float(runs["seconds"].sum()), "wall_seconds": seconds,
+        "provenance": provenance(),
+    }
+    write_json_atomic(os.path.join(out, "metrics.json"), meta)
+    return meta
+
+
+def load(study: str, profile: str, root: str = "results") -> tuple[dict, dict[str, pd.DataFrame]]:
+    """(metrics.json, {table name: DataFrame}) of a saved study."""
+    out = os.path.join(root, profile, study)
+    with open(os.path.join(out, "metrics.json")) as f:
+        meta = json.load(f)
+    tables = {f[:-4]: pd.read_csv(os.path.join(out, f)) for f in sorted(os.listdir(out))
+              if f.endswith(".csv")}
+    return meta, tables
+
+
+def _csv_atomic(df: pd.DataFrame, path: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+
+
+def provenance_line(meta: dict) -> str:
+    """One line for a figure caption or page footer."""
+    p = meta["provenance"]
+    return (f"profile {meta['profile']} · {p['device']} · torch {p['torch']} · commit "
+            f"{p['commit']} · {p['date'][:10]} · {meta['n_runs']} runs, seeds "
+            f"{','.join(map(str, meta['seeds']))} · {meta['wall_seconds'] / 60:.1f} min")

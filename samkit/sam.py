@@ -1,0 +1,200 @@
+"""Sharpness-Aware Minimization (Foret et al., 2021) and Adaptive SAM (Kwon et al., 2021).
+
+One SAM step is two gradient evaluations:
+  1. g = ∇L(w);  ε = ρ·g/‖g‖           (ASAM: ε = ρ·T²g/‖Tg‖, T = |w| + η)
+  2. w ← w + ε;  g' = ∇L(w + ε);  w ← w - ε (exact copy, not a subtraction);  base_step(g') at w
+
+‖·‖ is ONE norm over every parameter of every group, as in the paper. Nothing here reads a
+tensor back to the host, so a step stays asynchronous on a GPU and capturable in a CUDA graph.
+"""
+from __future__ import annotations
+
+import torch
+from torch.optim import Optimizer
+
+_SAM_KEYS = ("rho", "adaptive", "eta")
+
+
+class SAM(Optimizer):
+    """SAM / ASAM wrapper around any ``torch.optim`` optimizer.
+
+    ``base_optimizer`` is an optimizer class, built on SAM's own param_groups with
+    ``**base_kwargs`` (so per-group ``rho``/``lr``/``weight_decay`` all work), or an optimizer
+    instance already built on the same parameters (the style of the blog seed), whose
+    param_groups SAM then shares.
+
+    Use either ``step(closure)`` or the explicit two-pass form::
+
+        loss_fn(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        with bn_frozen(model):
+            loss_fn(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+    """
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False,
+                 eta=0.01, **base_kwargs):
+        if not (isinstance(rho, (int, float)) and rho >= 0):
+            raise ValueError(f"SAM: rho must be a number >= 0, got {rho!r}")
+        if not (isinstance(eta, (int, float)) and eta >= 0):
+            raise ValueError(f"SAM: eta must be a number >= 0, got {eta!r}")
+        sam_defaults = dict(rho=rho, adaptive=bool(adaptive), eta=eta)
+        if isinstance(base_optimizer, Optimizer):
+            if base_kwargs:
+                raise ValueError("SAM: pass base_kwargs only with an optimizer class, "
+                                 f"not with an optimizer instance (got {sorted(base_kwargs)})")
+            super().__init__(params, sam_defaults)
+            self._check_same_params(base_optimizer)
+            self.base_optimizer = base_optimizer
+        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
+            super().__init__(params, dict(sam_defaults, **base_kwargs))
+            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        else:
+            raise TypeError("SAM: base_optimizer must be a torch.optim.Optimizer subclass or "
+                            f"instance, got {base_optimizer!r}")
+        # One list of group dicts shared by SAM and its base: an LR scheduler or a user edit on
+        # either object is seen by both.
+        for group in self.base_optimizer.param_groups:
+            for key in _SAM_KEYS:
+                group.setdefault(key, sam_defaults[key])
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+        self.defaults.update(sam_defaults)
+
+    def _check_same_params(self, base):
+        mine = {id(p) for g in self.param_groups for p in g["params"]}
+        theirs = {id(p) for g in base.param_groups for p in g["params"]}
+        if mine != theirs:
+            raise ValueError("SAM: the base optimizer instance must hold the same parameters "
+                             "as SAM itself")
+
+    def _grads(self):
+        """(group, params, grads) for every group, skipping parameters without a gradient."""
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            if ps:
+                yield group, ps, [p.grad for p in ps]
+
+    @torch.no_grad()
+    def first_step(self, zero_grad=False, grad_scaler=None):
+        """Move to the adversarial point w + ε, remembering w.
+
+        With an fp16 ``torch.amp.GradScaler``, pass it here and to ``second_step``: the
+        gradients are unscaled first (ε does not depend on the loss scale, but the overflow
+        check does), and a non-finite gradient gives ε = 0 instead of poisoning the weights.
+        """
+        if grad_scaler is not None:
+            grad_scaler.unscale_(self)
+        groups = []
+        for group, ps, gs in self._grads():
+            t = None
+            if group["adaptive"]:  # ASAM: T = |w| + η, norm taken of T·g
+                t = torch._foreach_add(torch._foreach_abs(ps), group["eta"])
+                gs = torch._foreach_mul(t, gs)
+            groups.append((group, ps, gs, t))
+        if not groups:
+            return
+        sq = [n.float() for _, _, gs, _ in groups for n in torch._foreach_norm(gs)]
+        device = sq[0].device
+        norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in sq]))
+        # A zero gradient gives ε = 0 (not NaN); an inf/NaN gradient gives ε = 0 too.
+        inv = torch.where(torch.isfinite(norm), 1.0 / (norm + 1e-12), torch.zeros_like(norm))
+        self._perturbed = []
+        for group, ps, gs, t in groups:
+            saved = [self._saved_weights(p) for p in ps]
+            torch._foreach_copy_(saved, ps)
+            eps = gs if t is None else torch._foreach_mul(t, gs)  # ASAM: T·(T·g)
+            _foreach_scale_add_(ps, eps, group["rho"] * inv)
+            self._perturbed.append((ps, saved))
+        if zero_grad:
+            self.zero_grad()
+
+    def _saved_weights(self, p):
+        # A buffer kept across steps: no allocation per step (and CUDA-graph friendly).
+        state = self.state[p]
+        if "w" not in state or state["w"].shape != p.shape:
+            state["w"] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return state["w"]
+
+    @torch.no_grad()
+    def restore(self):
+        """Put back the weights saved by ``first_step`` (exactly: a copy, not w + ε - ε)."""
+        for ps, saved in getattr(self, "_perturbed", ()):
+            torch._foreach_copy_(ps, saved)
+        self._perturbed = []
+
+    @torch.no_grad()
+    def second_step(self, zero_grad=False, grad_scaler=None):
+        """Return to w and apply the base optimizer with the gradient taken at w + ε.
+
+        With ``grad_scaler`` the update goes through ``grad_scaler.step`` and is skipped when
+        either pass overflowed; call ``grad_scaler.update()`` afterwards as usual.
+        """
+        self.restore()
+        if grad_scaler is None:
+            self.base_optimizer.step()
+        else:
+            _merge_overflow(grad_scaler, self, self.base_optimizer)
+            grad_scaler.step(self.base_optimizer)
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure=None):
+        """One full SAM step. ``closure`` runs forward + backward and returns the loss; it is
+        called twice, each time on zeroed gradients. Returns the loss of the first pass."""
+        if closure is None:
+            raise RuntimeError("SAM.step needs a closure (forward + backward, returning the "
+                               "loss); or call first_step() and second_step() yourself")
+        self.zero_grad()
+        with torch.enable_grad():
+            loss = closure()
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            closure()
+        self.second_step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        """The base optimizer's full state (momentum, Adam moments, groups incl. rho)."""
+        return {"base_optimizer": self.base_optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        if "base_optimizer" not in state_dict:
+            raise ValueError("SAM.load_state_dict: expected a dict saved by SAM.state_dict() "
+                             "with key 'base_optimizer'")
+        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
+        # load_state_dict rebuilds the group dicts: share them again.
+        self.param_groups = self.base_optimizer.param_groups
+
+    def __repr__(self):
+        return f"SAM({self.base_optimizer!r})"
+
+
+def _foreach_scale_add_(params, directions, scale):
+    """params += scale * directions, with ``scale`` a 0-d device tensor (no host sync)."""
+    devices = {p.device for p in params}
+    if devices == {scale.device}:
+        torch._foreach_add_(params, torch._foreach_mul(directions, scale))
+    else:  # a model split over several devices
+        for p, d in zip(params, directions):
+            p.add_(d * scale.to(p.device))
+
+
+def _merge_overflow(scaler, first, second):
+    """Make ``scaler.step(second)`` see an overflow recorded when ``first`` was unscaled.
+
+    GradScaler keeps found-inf flags per optimizer; SAM's two passes are unscaled under two
+    optimizer objects, so the second must inherit the first's flags for the skip to cover both.
+    """
+    states = getattr(scaler, "_per_optimizer_states", None)
+    if not states or id(first) not in states:
+        return
+    if not states[id(second)]["found_inf_per_device"]:
+        scaler.unscale_(second)
+    mine = states[id(second)]["found_inf_per_device"]
+    for device, flag in states[id(first)]["found_inf_per_device"].items():
+        if device in mine:
+            mine[device] += flag.to(mine[device].device)

@@ -1,0 +1,188 @@
+"""Grid → cached runs → tidy DataFrame.
+
+Each run's result is stored as ``<cache>/<key>.json``, the key a hash of the config fields that
+change its numbers. A killed or extended sweep therefore redoes only what is missing. Writes
+are atomic (temp file + rename) and a per-key file lock keeps two sweep processes that share a
+cache from training the same run twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .train import TrainConfig, run as train_run
+
+
+def expand(base: dict, grid: dict | None = None, arms: list[dict] | None = None) -> list[TrainConfig]:
+    """Configs for ``base`` × product(grid) × arms. A list value inside an arm is an axis of
+    that arm only (e.g. each model its own widths). Later keys override earlier ones; identical
+    configs (e.g. SGD at several rho) appear once."""
+    configs, seen = [], set()
+    for arm in arms or [{}]:
+        axes = {**(grid or {}), **{k: v for k, v in arm.items() if isinstance(v, list)}}
+        fixed = {k: v for k, v in arm.items() if not isinstance(v, list)}
+        for combo in itertools.product(*axes.values()):
+            cfg = TrainConfig(**{**base, **dict(zip(axes, combo)), **fixed})
+            k = (run_key(cfg), cfg.tag)
+            if k not in seen:
+                seen.add(k)
+                configs.append(cfg)
+    return configs
+
+
+def run_key(cfg: TrainConfig) -> str:
+    blob = json.dumps(cfg.key_dict(), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextmanager
+def _locked(path: str):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True) -> dict:
+    """The result of ``cfg``, from ``cache`` if present, else trained (resuming a checkpoint
+    left by a killed attempt) and stored."""
+    os.makedirs(cache, exist_ok=True)
+    key = run_key(cfg)
+    path = os.path.join(cache, f"{key}.json")
+    with _locked(path + ".lock"):
+        if os.path.exists(path):
+            with open(path) as f:
+                result = json.load(f)
+            result["cached"] = True
+        else:
+            ckpt = os.path.join(cache, f"{key}.ckpt")
+            result = train_run(cfg, checkpoint=ckpt, quiet=quiet)
+            result = _with_provenance(result)
+            write_json_atomic(path, result)
+            if os.path.exists(ckpt):
+                os.remove(ckpt)
+            result["cached"] = False
+    result["key"] = key
+    result["config"]["tag"] = cfg.tag   # the tag is the caller's label, not the run's identity
+    return result
+
+
+def _with_provenance(result: dict) -> dict:
+    from .provenance import provenance
+    return {**result, "provenance": provenance()}
+
+
+def run(configs: list[TrainConfig], cache: str = "results/runs", quiet: bool = True,
+        progress: bool = True) -> pd.DataFrame:
+    """Run (or fetch) every config; one row per run with its config and metrics."""
+    rows = []
+    it = configs
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(configs, desc="runs", unit="run")
+    for cfg in it:
+        rows.append(to_row(cached_run(cfg, cache, quiet=quiet)))
+    return pd.DataFrame(rows)
+
+
+def to_row(result: dict) -> dict:
+    """Flatten a result: config fields, status, params, final_*/best_* metrics, hessian_*."""
+    row = {**result["config"], "status": result["status"],
+           "diverged_epoch": result.get("diverged_epoch"), "params": result["params"],
+           "nonzero_params": result["nonzero_params"], "seconds": result["seconds"],
+           "key": result.get("key"), "cached": result.get("cached")}
+    for prefix in ("final", "best"):
+        for k, v in result.get(prefix, {}).items():
+            row[f"{prefix}_{k}"] = v
+    for k, v in result.get("hessian", {}).items():
+        row[f"hessian_{k}"] = v
+    return row
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the Student-t confidence interval, n); NaNs ignored.
+    The half-width is NaN with fewer than two values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(v[0]), float("nan"), 1
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / np.sqrt(n)
+    return float(v.mean()), float(half), n
+
+
+def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Per group of ``by``: mean, 95% CI half-width, number of finished and diverged runs."""
+    rows = []
+    for keys, g in df.groupby(by, sort=True, dropna=False):
+        ok = g[g["status"] == "ok"]
+        mean, ci, n = mean_ci(ok[metric]) if metric in ok else (np.nan, np.nan, 0)
+        rows.append({**dict(zip(by, _tuple(keys))), "mean": mean, "ci95": ci, "n": n,
+                     "diverged": int((g["status"] == "diverged").sum())})
+    return pd.DataFrame(rows)
+
+
+def paired_gain(df: pd.DataFrame, by: list[str], metric: str = "best_test_acc",
+                treatment: dict | None = None, control: dict | None = None,
+                pair_on: str = "seed") -> pd.DataFrame:
+    """treatment − control per ``by`` group, paired on ``pair_on`` (same seed, same data):
+    mean gain, 95% CI, n pairs; a pair with a diverged side counts as diverged, not dropped."""
+    treatment = treatment or {"optimizer": "sam"}
+    control = control or {"optimizer": "sgd"}
+    t, c = _select(df, treatment), _select(df, control)
+    cols = [*by, pair_on]
+    merged = t.merge(c, on=cols, suffixes=("_t", "_c"))
+    rows = []
+    for keys, g in merged.groupby(by, sort=True):
+        ok = g[(g["status_t"] == "ok") & (g["status_c"] == "ok")]
+        diff = (ok[f"{metric}_t"] - ok[f"{metric}_c"]).tolist()
+        mean, ci, n = mean_ci(diff)
+        rows.append({**dict(zip(by, _tuple(keys))), "gain": mean, "ci95": ci, "n": n,
+                     "treatment": ok[f"{metric}_t"].mean(), "control": ok[f"{metric}_c"].mean(),
+                     "diverged": len(g) - len(ok)})
+    return pd.DataFrame(rows)
+
+
+def _select(df, where: dict) -> pd.DataFrame:
+    mask = np.ones(len(df), dtype=bool)
+    for k, v in where.items():
+        mask &= (df[k] == v).to_numpy()
+    keep = [c for c in df.columns if c not in where]
+    return df.loc[mask, keep]
+
+
+def _tuple(keys):
+    return keys if isinstance(keys, tuple) else (keys,)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]

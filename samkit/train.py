@@ -1,0 +1,396 @@
+"""The one training loop: SGD, SAM and ASAM, resumable, deterministic per seed on CPU.
+
+``run(TrainConfig(...))`` returns a plain-JSON result dict: final and best (early-stopping)
+metrics, the per-epoch history, and provenance. Data lives as tensors on the device and
+batches are index slices, so there is no per-image Python on the hot path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from . import data as data_mod
+from .bn import bn_frozen
+from .models import MODELS, build_model, count_params
+from .sam import SAM
+
+OPTIMIZERS = ("sgd", "sam", "asam")
+SCHEDULES = ("step", "cosine", "constant")
+LOSSES = ("auto", "ce", "mse")
+PRUNE = ("none", "random", "snip")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one run. Its fields are params.yaml's and the CLI's keys."""
+    # data
+    dataset: str = "fashion_mnist"
+    n_train: int = 0             # class-balanced subset size; 0 = the whole training set
+    n_val: int = 0               # validation split (for early stopping); 0 = none
+    n_test: int = 0              # fixed random test subset (same for every run); 0 = all
+    label_noise: float = 0.0     # symmetric noise rate in [0, 1)
+    augment: bool = False        # random crop (pad 4) + horizontal flip, on device
+    data_seed: int = 0           # seeds the subset, the split and the noise (fixed across runs)
+    # model
+    model: str = "preact_resnet18"
+    width: int = 16
+    depth: int = 1               # MLP hidden layers
+    prune: str = "none"
+    sparsity: float = 0.0        # fraction of prunable weights removed at init
+    prune_to_width: int = 0      # >0: choose sparsity so nonzero params = dense model at this width
+    # optimisation
+    optimizer: str = "sgd"
+    rho: float = 0.05
+    eta: float = 0.01            # ASAM's T = |w| + eta
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    epochs: int = 10
+    schedule: str = "step"       # step: ×0.1 at 50% and 75% of the epochs
+    loss: str = "auto"           # auto: cross-entropy for classes, MSE for regression
+    early_stopping: bool = True  # report the epoch of best validation accuracy (needs n_val)
+    seed: int = 0
+    # measurement
+    hessian_samples: int = 0     # >0: λmax, trace, non-uniformity on this many training points
+    # execution (not part of a run's identity)
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    tag: str = ""
+
+    def __post_init__(self):
+        validate_config(self)
+
+    def key_dict(self) -> dict:
+        """The fields that change a run's numbers (cache identity)."""
+        d = dataclasses.asdict(self)
+        for k in ("device", "tag"):
+            d.pop(k)
+        if self.optimizer == "sgd":   # SGD ignores rho/eta: one cache entry for all values
+            d["rho"] = d["eta"] = 0.0
+        return d
+
+
+_CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE}
+_POSITIVE = ("width", "depth", "lr", "batch_size", "epochs")
+_NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "momentum", "weight_decay", "seed",
+                 "data_seed", "hessian_samples", "prune_to_width")
+_UNIT = ("label_noise", "sparsity")  # rates in [0, 1)
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def check_field(name: str, v) -> None:
+    """Raise ValueError "<name>: got <v>; allowed: <...>" if ``v`` is not valid for ``name``."""
+    if name not in FIELD_TYPES:
+        raise ValueError(f"{name}: unknown key; allowed: {', '.join(FIELD_TYPES)}")
+    kind = FIELD_TYPES[name]
+    want = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
+    if (isinstance(v, bool) and kind != "bool") or not isinstance(v, want):
+        raise ValueError(f"{name}: got {v!r} ({type(v).__name__}); allowed: a {kind}")
+    if name in _CHOICES and v not in _CHOICES[name]:
+        raise ValueError(f"{name}: got {v!r}; allowed: {', '.join(_CHOICES[name])}")
+    if name in _POSITIVE and not v > 0:
+        raise ValueError(f"{name}: got {v!r}; allowed: a {kind} > 0")
+    if name in _NON_NEGATIVE and not v >= 0:
+        raise ValueError(f"{name}: got {v!r}; allowed: a {kind} >= 0")
+    if name in _UNIT and not 0 <= v < 1:
+        raise ValueError(f"{name}: got {v!r}; allowed: a number in [0, 1)")
+    if name == "device" and v not in ("auto", "cpu") and not v.startswith("cuda"):
+        raise ValueError(f"device: got {v!r}; allowed: auto, cpu, cuda, cuda:N")
+
+
+def validate_config(cfg) -> None:
+    """Every field on its own, then the combinations; the first problem raises ValueError."""
+    for name in FIELD_TYPES:
+        check_field(name, getattr(cfg, name))
+    if cfg.prune == "none" and (cfg.sparsity or cfg.prune_to_width):
+        raise ValueError(f"prune: got 'none' with sparsity={cfg.sparsity}, prune_to_width="
+                         f"{cfg.prune_to_width}; allowed: random, snip (or drop the sparsity)")
+    if cfg.prune != "none" and not (cfg.sparsity or cfg.prune_to_width):
+        raise ValueError(f"sparsity: got 0 with prune={cfg.prune!r}; allowed: sparsity in "
+                         "(0, 1) or prune_to_width > 0")
+    if cfg.prune_to_width and cfg.prune_to_width >= cfg.width:
+        raise ValueError(f"prune_to_width: got {cfg.prune_to_width} for width {cfg.width}; "
+                         "allowed: a width smaller than the model's")
+
+# ----------------------------------------------------------------------------- building blocks
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _loss_fn(cfg, task):
+    kind = cfg.loss if cfg.loss != "auto" else ("ce" if task == "classification" else "mse")
+    if kind == "ce":
+        return F.cross_entropy
+    if task == "classification":  # MSE on one-hot targets (the paper's Hessian setting)
+        return lambda out, y: F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+    return F.mse_loss
+
+
+def _make_optimizer(cfg, model):
+    sgd = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), **sgd)
+    return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, eta=cfg.eta,
+               adaptive=cfg.optimizer == "asam", **sgd)
+
+
+def _make_scheduler(cfg, opt):
+    if cfg.schedule == "step":
+        milestones = sorted({max(1, round(cfg.epochs * f)) for f in (0.5, 0.75)})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
+    # Shuffling/augmentation randomness is a pure function of (seed, epoch): a resumed run
+    # needs no saved RNG state to replay exactly the same batches.
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def _apply_pruning(cfg, model, data, loss_fn):
+    from . import sparsity
+    if cfg.prune == "none":
+        return
+    s = cfg.sparsity
+    if cfg.prune_to_width:
+        small = build_model(cfg.model, cfg.prune_to_width, data.in_shape, data.num_classes,
+                            cfg.depth)
+        s = sparsity.sparsity_for_params(model, count_params(small))
+    n = min(len(data.x_train), max(cfg.batch_size, 10 * data.num_classes))
+    sparsity.prune(model, cfg.prune, s, seed=cfg.seed, loss_fn=loss_fn,
+                   x=data.x_train[:n], y=data.y_train[:n])
+
+
+def build(cfg: TrainConfig, data=None):
+    """(data, model, optimizer, scheduler, loss_fn) for a config, deterministic in its seeds."""
+    device = pick_device(cfg.device)
+    if data is None:
+        data = load_for(cfg)
+    data = data.to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.width, data.in_shape, data.num_classes, cfg.depth)
+    model = model.to(device)
+    if cfg.channels_last and cfg.model == "preact_resnet18":
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = _loss_fn(cfg, data.task)
+    _apply_pruning(cfg, model, data, loss_fn)
+    opt = _make_optimizer(cfg, model)
+    return data, model, opt, _make_scheduler(cfg, opt), loss_fn
+
+
+def load_for(cfg: TrainConfig, root: str | None = None):
+    data = data_mod.load_data(cfg.dataset, root=root or os.environ.get("SAMKIT_DATA", "data"),
+                              n_train=cfg.n_train or None, n_val=cfg.n_val,
+                              label_noise=cfg.label_noise, noise_seed=cfg.data_seed,
+                              subset_seed=cfg.data_seed)
+    if cfg.n_test and cfg.n_test < len(data.x_test):
+        # The same subset for every run (its own fixed seed), so runs stay comparable.
+        keep = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(2024))
+        keep = keep[:cfg.n_test].sort().values
+        data = dataclasses.replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep])
+    return data
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None):
+    """One pass over the training set; returns the summed loss as a device tensor."""
+    model.train()
+    device = data.x_train.device
+    g = _epoch_generator(cfg.seed, epoch, device)
+    n = len(data.x_train)
+    order = torch.randperm(n, generator=g, device=device)
+    total = torch.zeros((), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    for start in range(0, n, cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        x, y = data.x_train[idx], data.y_train[idx]
+        if cfg.augment:
+            x = data_mod.augment(x, g)
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        if isinstance(opt, SAM):
+            opt.first_step(zero_grad=True)
+            with bn_frozen(model), autocast:
+                loss_fn(model(x), y).backward()
+            opt.second_step(zero_grad=True)
+        else:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        total += loss.detach().float() * len(idx)
+        if progress is not None:
+            progress.update(len(idx))
+    return total
+
+
+@torch.no_grad()
+def evaluate(cfg, model, loss_fn, x, y, y_clean=None, batch_size=1024) -> dict:
+    """Mean loss and accuracy (on ``y`` and, if given, on ``y_clean``) in eval mode."""
+    model.eval()
+    if len(x) == 0:
+        return {}
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    correct_clean = torch.zeros((), device=x.device)
+    classify = not y.is_floating_point()
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size]
+        if cfg.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model(xb).float()
+        loss_sum += loss_fn(out, y[s:s + batch_size]) * len(xb)
+        if classify:
+            pred = out.argmax(1)
+            correct += (pred == y[s:s + batch_size]).sum()
+            if y_clean is not None:
+                correct_clean += (pred == y_clean[s:s + batch_size]).sum()
+    out = {"loss": float(loss_sum) / len(x)}
+    if classify:
+        out["acc"] = float(correct) / len(x)
+        if y_clean is not None:
+            out["acc_clean"] = float(correct_clean) / len(x)
+    return out
+
+
+def _epoch_metrics(cfg, model, loss_fn, data) -> dict:
+    m = {}
+    for split, x, y, yc in (("train", data.x_train, data.y_train, data.y_train_clean),
+                            ("val", data.x_val, data.y_val, None),
+                            ("test", data.x_test, data.y_test, None)):
+        for k, v in evaluate(cfg, model, loss_fn, x, y, yc).items():
+            m[f"{split}_{k}"] = v
+    if "train_acc" in m and "test_acc" in m:
+        m["gap"] = m["train_acc"] - m["test_acc"]
+    return m
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write-then-rename: a kill at any moment leaves the old checkpoint or the new one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, cfg, model, opt, sched):
+    if not path or not os.path.exists(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("config") != cfg.key_dict():
+        return None  # a checkpoint of another run: start afresh rather than mix them
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return state
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
+        data=None, return_model: bool = False):
+    """Train one config; returns a JSON-able result dict (and the model if asked).
+
+    ``checkpoint``: a path written atomically after every epoch; if it exists at start, the
+    run resumes from it and ends with the same numbers as an uninterrupted run.
+    """
+    t0 = time.time()
+    data, model, opt, sched, loss_fn = build(cfg, data)
+    history, best, best_state, start, status = [], None, None, 0, "ok"
+    resumed = _load_checkpoint(checkpoint, cfg, model, opt, sched)
+    if resumed:
+        history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
+        start, status = resumed["epoch"], resumed["status"]
+    progress = _progress(cfg, len(data.x_train), quiet, start)
+    for epoch in range(start, cfg.epochs if status == "ok" else start):
+        loss_sum = train_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
+        train_loss = float(loss_sum) / len(data.x_train)  # one host sync per epoch
+        sched.step()
+        if not math.isfinite(train_loss):
+            status = "diverged"
+            history.append({"epoch": epoch + 1, "train_loss_running": train_loss})
+        else:
+            m = {"epoch": epoch + 1, "lr": sched.get_last_lr()[0],
+                 "train_loss_running": train_loss, **_epoch_metrics(cfg, model, loss_fn, data)}
+            history.append(m)
+            if _is_better(cfg, m, best):
+                best = m
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if progress is not None:
+            progress.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3g}",
+                                 acc=f"{history[-1].get('test_acc', float('nan')):.3f}")
+        if checkpoint:
+            save_checkpoint(checkpoint, {
+                "config": cfg.key_dict(), "epoch": epoch + 1, "status": status,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "history": history, "best": best,
+                "best_state": best_state})
+    if progress is not None:
+        progress.close()
+    result = _result(cfg, model, data, history, best, status, time.time() - t0, loss_fn,
+                     best_state)
+    return (result, model) if return_model else result
+
+
+def _is_better(cfg, m, best):
+    if not (cfg.early_stopping and cfg.n_val):
+        return True  # no early stopping: "best" is simply the last epoch
+    key = "val_acc" if "val_acc" in m else "val_loss"
+    sign = 1 if key == "val_acc" else -1
+    return best is None or sign * m[key] > sign * best[key]
+
+
+def _result(cfg, model, data, history, best, status, seconds, loss_fn, best_state):
+    final = history[-1] if history and status == "ok" else {}
+    if status == "diverged":
+        best = {}
+    result = {
+        "config": dataclasses.asdict(cfg), "status": status,
+        "diverged_epoch": history[-1]["epoch"] if status == "diverged" else None,
+        "params": count_params(model), "nonzero_params": count_params(model, nonzero=True),
+        "final": final, "best": best or {}, "history": history,
+        "n_flipped": int(len(data.noisy_idx)), "seconds": seconds,
+    }
+    if status == "ok" and best_state is not None:
+        model.load_state_dict(best_state)  # the reported (early-stopped) model
+    if status == "ok" and cfg.hessian_samples:
+        from .hessian import sharpness
+        n = min(cfg.hessian_samples, len(data.x_train))
+        result["hessian"] = sharpness(model, loss_fn, data.x_train[:n], data.y_train[:n],
+                                      seed=cfg.seed)
+    if status == "ok" and data.x_probe is not None:
+        with torch.no_grad():
+            model.eval()
+            result["probe"] = {"x": data.x_probe.flatten().tolist(),
+                               "y": model(data.x_probe).float().flatten().tolist()}
+    return result
+
+
+def _progress(cfg, n, quiet, start):
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=n * (cfg.epochs - start), unit="img",
+                desc=f"{cfg.optimizer} {cfg.model}-{cfg.width} seed {cfg.seed}")
