@@ -93,10 +93,15 @@ def cmd_stage(args, parser):
         return 2
     import papermill
     src = os.path.join("notebooks", f"{args.study}.ipynb")
-    out = os.path.join("book", "studies", f"{args.study}.ipynb")
+    out = _STAGE_OUTPUTS.get(args.study, os.path.join("book", "studies", f"{args.study}.ipynb"))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = f"{out}.tmp.{os.getpid()}.ipynb"
-    parameters = {"profile": params.get("profile", "cpu"), args.study: params[args.study]}
+    parameters = {"profile": params.get("profile", "cpu")}
+    if args.study in params:
+        parameters[args.study] = params[args.study]
+    elif args.study not in _STAGE_OUTPUTS:
+        print(f"error: {args.study}: no section {args.study!r} in {args.params}", file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
         papermill.execute_notebook(src, tmp, parameters=parameters, kernel_name="python3",
@@ -111,6 +116,11 @@ def cmd_stage(args, parser):
     return 0
 
 
+# Pages that are not studies: the front page (all studies' verdicts) and the benchmarks.
+_STAGE_OUTPUTS = {"summary": os.path.join("book", "intro.ipynb"),
+                  "performance": os.path.join("book", "performance.ipynb")}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="samkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,7 +129,7 @@ def main(argv=None):
     v.add_argument("params", nargs="?", default="params.yaml")
     s = sub.add_parser("stage", help="run one study notebook (a DVC stage)")
     from .params import STUDIES
-    s.add_argument("study", choices=STUDIES)
+    s.add_argument("study", choices=(*STUDIES, *_STAGE_OUTPUTS))
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--verbose", action="store_true", help="stream the notebook's output")
     args = parser.parse_args(argv)

@@ -99,6 +99,9 @@ def build_model(name: str, width: int, in_shape: tuple[int, ...], num_classes: i
                 depth: int = 1) -> nn.Module:
     """Model by name; ``width`` is the ResNet's first-stage channels or each MLP hidden size,
     ``depth`` the number of MLP hidden layers. ``in_shape`` is one example's shape (C, H, W)."""
+    _check_positive_int(width=width)
+    if name == "mlp":
+        _check_positive_int(depth=depth)
     if name == "preact_resnet18":
         if len(in_shape) != 3:
             raise ValueError(f"model: preact_resnet18 needs image inputs (C, H, W), got {in_shape}")

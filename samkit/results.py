@@ -54,7 +54,18 @@ def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.Data
         "provenance": provenance(),
     }
     write_json_atomic(os.path.join(out, "metrics.json"), meta)
+    _write_dvc_metrics(meta, os.path.join(root, profile, "dvc_metrics", f"{study}.json"))
     return meta
+
+
+def _write_dvc_metrics(meta: dict, path: str) -> None:
+    """The numeric part of metrics.json, flat, for `dvc metrics show` / `dvc exp show`."""
+    flat = {k: v for k, v in _flatten(meta["metrics"])
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    flat.update(n_runs=meta["n_runs"], n_diverged=meta["n_diverged"],
+                wall_minutes=round(meta["wall_seconds"] / 60, 2))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json_atomic(path, flat)
 
 
 def load(study: str, profile: str, root: str = "results") -> tuple[dict, dict[str, pd.DataFrame]]:
@@ -79,3 +90,31 @@ def provenance_line(meta: dict) -> str:
     return (f"profile {meta['profile']} · {p['device']} · torch {p['torch']} · commit "
             f"{p['commit']} · {p['date'][:10]} · {meta['n_runs']} runs, seeds "
             f"{','.join(map(str, meta['seeds']))} · {meta['wall_seconds'] / 60:.1f} min")
+
+
+def glue_metrics(meta: dict, glue) -> None:
+    """Glue every metric as ``<group>.<key>`` (or ``<key>``) for the page's prose; ``glue`` is
+    myst_nb.glue, passed in so samkit does not depend on the book's toolchain."""
+    for name, value in _flatten(meta["metrics"]):
+        glue(name, value, display=False)
+    glue("provenance", provenance_line(meta), display=False)
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def table(df: pd.DataFrame, percent=(), rename: dict | None = None):
+    """A display table: fractions in ``percent`` shown as percent, tidy headers."""
+    out = df.copy()
+    for c in percent:
+        if c in out:
+            out[c] = (100 * out[c]).round(2)
+    out = out.rename(columns={c: f"{c} (%)" if c in percent else c for c in out.columns})
+    if rename:
+        out = out.rename(columns={f"{k} (%)": f"{v} (%)" for k, v in rename.items()})
+    return out.style.hide(axis="index").format(precision=2)

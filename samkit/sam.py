@@ -45,6 +45,7 @@ class SAM(Optimizer):
                                  f"not with an optimizer instance (got {sorted(base_kwargs)})")
             super().__init__(params, sam_defaults)
             self._check_same_params(base_optimizer)
+            self._copy_sam_keys(base_optimizer)
             self.base_optimizer = base_optimizer
         elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
             super().__init__(params, dict(sam_defaults, **base_kwargs))
@@ -67,6 +68,20 @@ class SAM(Optimizer):
         if mine != theirs:
             raise ValueError("SAM: the base optimizer instance must hold the same parameters "
                              "as SAM itself")
+
+    def _copy_sam_keys(self, base):
+        """Give each group of ``base`` the rho/adaptive/eta of SAM's group holding its params
+        (a key the base group already has wins), so per-group values are not dropped."""
+        owner = {id(p): g for g in self.param_groups for p in g["params"]}
+        for group in base.param_groups:
+            for key in _SAM_KEYS:
+                values = {owner[id(p)][key] for p in group["params"]}
+                if key in group or not values:
+                    continue
+                if len(values) > 1:
+                    raise ValueError(f"SAM: a param group of the base optimizer mixes {key} values "
+                                     f"{sorted(values)}; give both optimizers the same groups")
+                group[key] = values.pop()
 
     def _grads(self):
         """(group, params, grads) for every group, skipping parameters without a gradient."""
@@ -94,16 +109,25 @@ class SAM(Optimizer):
             groups.append((group, ps, gs, t))
         if not groups:
             return
-        sq = [n.float() for _, _, gs, _ in groups for n in torch._foreach_norm(gs)]
-        device = sq[0].device
-        norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in sq]))
-        # A zero gradient gives ε = 0 (not NaN); an inf/NaN gradient gives ε = 0 too.
+        # Norms in at least float32 (an fp16 norm overflows at 65504), float64 kept as float64.
+        dtype = torch.float32
+        for _, _, gs, _ in groups:
+            for g in gs:
+                dtype = torch.promote_types(dtype, g.dtype)
+        norms = [n for _, _, gs, _ in groups for n in torch._foreach_norm(gs, 2, dtype=dtype)]
+        device = norms[0].device
+        norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        # A zero gradient gives ε = 0 (not NaN); so does an inf/NaN one: inv = 0 here, and with a
+        # grad_scaler (where overflow is routine) the non-finite entries are zeroed below, since
+        # inf·0 is NaN. Without one, a non-finite gradient spoils the step as in plain SGD.
         inv = torch.where(torch.isfinite(norm), 1.0 / (norm + 1e-12), torch.zeros_like(norm))
         self._perturbed = []
         for group, ps, gs, t in groups:
             saved = [self._saved_weights(p) for p in ps]
             torch._foreach_copy_(saved, ps)
             eps = gs if t is None else torch._foreach_mul(t, gs)  # ASAM: T·(T·g)
+            if grad_scaler is not None:
+                eps = [torch.nan_to_num(e, nan=0.0, posinf=0.0, neginf=0.0) for e in eps]
             _foreach_scale_add_(ps, eps, group["rho"] * inv)
             self._perturbed.append((ps, saved))
         if zero_grad:
@@ -136,6 +160,10 @@ class SAM(Optimizer):
         else:
             _merge_overflow(grad_scaler, self, self.base_optimizer)
             grad_scaler.step(self.base_optimizer)
+        # An LR scheduler watches ``step`` for this flag; second_step is the step of the
+        # two-pass form, so mark it too (else every epoch warns "lr_scheduler.step() before
+        # optimizer.step()").
+        self._opt_called = True
         if zero_grad:
             self.zero_grad()
 
