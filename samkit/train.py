@@ -95,17 +95,21 @@ def check_field(name: str, v) -> None:
     kind = FIELD_TYPES[name]
     want = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
     if (isinstance(v, bool) and kind != "bool") or not isinstance(v, want):
-        raise ValueError(f"{name}: got {v!r} ({type(v).__name__}); allowed: a {kind}")
+        raise ValueError(f"{name}: got {v!r} ({type(v).__name__}); allowed: {_a(kind)}")
     if name in _CHOICES and v not in _CHOICES[name]:
         raise ValueError(f"{name}: got {v!r}; allowed: {', '.join(_CHOICES[name])}")
     if name in _POSITIVE and not v > 0:
-        raise ValueError(f"{name}: got {v!r}; allowed: a {kind} > 0")
+        raise ValueError(f"{name}: got {v!r}; allowed: {_a(kind)} > 0")
     if name in _NON_NEGATIVE and not v >= 0:
-        raise ValueError(f"{name}: got {v!r}; allowed: a {kind} >= 0")
+        raise ValueError(f"{name}: got {v!r}; allowed: {_a(kind)} >= 0")
     if name in _UNIT and not 0 <= v < 1:
         raise ValueError(f"{name}: got {v!r}; allowed: a number in [0, 1)")
     if name == "device" and v not in ("auto", "cpu") and not v.startswith("cuda"):
         raise ValueError(f"device: got {v!r}; allowed: auto, cpu, cuda, cuda:N")
+
+
+def _a(kind: str) -> str:
+    return {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
 
 
 def validate_config(cfg) -> None:
@@ -324,7 +328,7 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
         start, status = resumed["epoch"], resumed["status"]
     progress = _progress(cfg, len(data.x_train), quiet, start)
-    for epoch in range(start, cfg.epochs if status == "ok" else start):
+    for epoch in range(start if status == "ok" else cfg.epochs, cfg.epochs):
         loss_sum = train_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
         train_loss = float(loss_sum) / len(data.x_train)  # one host sync per epoch
         sched.step()
@@ -347,6 +351,8 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "best": best,
                 "best_state": best_state})
+        if status == "diverged":
+            break
     if progress is not None:
         progress.close()
     result = _result(cfg, model, data, history, best, status, time.time() - t0, loss_fn,

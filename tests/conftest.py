@@ -1,0 +1,35 @@
+import os
+import shutil
+
+import pytest
+
+DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A data folder for the session; Fashion-MNIST comes from the Debian package (offline)."""
+    root = tmp_path_factory.mktemp("data")
+    os.environ["SAMKIT_DATA"] = str(root)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(data_root):
+    if not os.path.isdir(DEBIAN_FMNIST):
+        pytest.skip("needs the Debian package dataset-fashion-mnist (apt-get install it)")
+    return data_root
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch):
+    """Run in a fresh folder (results/ and caches land there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def copy_repo_files(dst, *names):
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for n in names:
+        src = os.path.join(here, n)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(dst, n))

@@ -1,0 +1,79 @@
+"""Grid expansion, the run cache, and the statistics against scipy/numpy references."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from samkit import sweep
+from samkit.train import TrainConfig
+
+TINY = dict(dataset="synthetic", n_train=64, model="mlp", width=8, epochs=2, batch_size=16,
+            device="cpu", n_test=0)
+
+
+def test_expand_grid_arms_and_dedup():
+    cfgs = sweep.expand({"dataset": "synthetic", "model": "mlp"},
+                        {"optimizer": ["sgd", "sam"], "rho": [0.05, 0.1], "seed": [0, 1]},
+                        [{"width": [4, 8]}, {"width": 16, "epochs": 3}])
+    # SGD ignores rho: one SGD run per (width, seed), two SAM runs
+    assert len(cfgs) == 3 * 2 * (1 + 2)
+    assert {c.width for c in cfgs} == {4, 8, 16}
+    assert all(c.epochs == 3 for c in cfgs if c.width == 16)
+    assert len({sweep.run_key(c) for c in cfgs}) == len(cfgs)
+
+
+def test_run_key_ignores_execution_fields():
+    a = TrainConfig(**TINY)
+    assert sweep.run_key(a) == sweep.run_key(TrainConfig(**{**TINY, "device": "auto"}, tag="x"))
+    assert sweep.run_key(a) != sweep.run_key(TrainConfig(**{**TINY, "seed": 1}))
+
+
+def test_cache_runs_only_what_is_missing(tmp_path):
+    cache = str(tmp_path / "runs")
+    first = sweep.run([TrainConfig(**TINY, seed=s) for s in (0, 1)], cache=cache, progress=False)
+    assert not first["cached"].any()
+    second = sweep.run([TrainConfig(**TINY, seed=s) for s in (0, 1, 2)], cache=cache,
+                       progress=False)
+    assert second["cached"].tolist() == [True, True, False]
+    pd.testing.assert_frame_equal(first.drop(columns="cached"),
+                                  second.iloc[:2].drop(columns="cached"))
+    files = sorted(f for f in os.listdir(cache) if f.endswith(".json"))
+    assert len(files) == 3
+    with open(os.path.join(cache, files[0])) as f:
+        stored = json.load(f)
+    assert {"commit", "device", "torch", "date"} <= set(stored["provenance"])
+
+
+def test_mean_ci_matches_scipy():
+    v = [0.1, 0.3, 0.2, 0.5]
+    mean, half, n = sweep.mean_ci(v)
+    lo, hi = stats.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=stats.sem(v))
+    assert (mean, n) == (pytest.approx(np.mean(v)), 4)
+    assert half == pytest.approx((hi - lo) / 2)
+    assert np.isnan(sweep.mean_ci([1.0])[1])
+    assert sweep.mean_ci([np.nan, 2.0, 4.0])[2] == 2
+
+
+def test_paired_gain_pairs_by_seed_and_counts_diverged():
+    df = pd.DataFrame([
+        {"optimizer": o, "width": w, "seed": s, "status": st, "best_test_acc": acc}
+        for (o, w, s, st, acc) in [
+            ("sgd", 4, 0, "ok", 0.50), ("sam", 4, 0, "ok", 0.55),
+            ("sgd", 4, 1, "ok", 0.60), ("sam", 4, 1, "ok", 0.62),
+            ("sgd", 4, 2, "ok", 0.40), ("sam", 4, 2, "diverged", np.nan),
+            ("sgd", 8, 0, "ok", 0.70), ("sam", 8, 0, "ok", 0.80),
+        ]])
+    g = sweep.paired_gain(df, by=["width"]).set_index("width")
+    assert g.loc[4, "gain"] == pytest.approx(np.mean([0.05, 0.02]))
+    assert g.loc[4, "n"] == 2 and g.loc[4, "diverged"] == 1
+    assert g.loc[8, "gain"] == pytest.approx(0.10) and np.isnan(g.loc[8, "ci95"])
+
+
+def test_summarize_counts_diverged():
+    df = pd.DataFrame({"optimizer": ["sgd"] * 3, "status": ["ok", "ok", "diverged"],
+                       "best_test_acc": [0.5, 0.7, np.nan]})
+    s = sweep.summarize(df, ["optimizer"], "best_test_acc").iloc[0]
+    assert (s["mean"], s["n"], s["diverged"]) == (pytest.approx(0.6), 2, 1)

@@ -1,0 +1,125 @@
+"""The trainer: determinism, exact resume, divergence, early stopping, metrics."""
+import math
+
+import pytest
+import torch
+
+from samkit import train
+from samkit.train import TrainConfig
+
+TINY = dict(dataset="fashion_mnist", n_train=200, n_val=100, n_test=200, model="mlp", width=16,
+            epochs=3, batch_size=32, device="cpu")
+
+
+def strip_time(result):
+    return {k: v for k, v in result.items() if k != "seconds"}
+
+
+def test_deterministic_per_seed(fmnist_root):
+    a = train.run(TrainConfig(**TINY, optimizer="sam"))
+    b = train.run(TrainConfig(**TINY, optimizer="sam"))
+    c = train.run(TrainConfig(**TINY, optimizer="sam", seed=1))
+    assert strip_time(a) == strip_time(b)
+    assert a["history"] != c["history"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sam", "asam"])
+def test_resume_after_interruption_is_exact(fmnist_root, tmp_path, monkeypatch, optimizer):
+    cfg = TrainConfig(**{**TINY, "model": "preact_resnet18", "width": 2, "epochs": 4,
+                         "n_train": 100, "augment": True}, optimizer=optimizer)
+    reference = train.run(cfg)
+    ckpt = str(tmp_path / "run.ckpt")
+    real_epoch = train.train_epoch
+
+    def dying_epoch(cfg, model, opt, loss_fn, data, epoch, progress=None):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
+
+    monkeypatch.setattr(train, "train_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, checkpoint=ckpt)
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 2
+    resumed = train.run(cfg, checkpoint=ckpt)
+    assert strip_time(resumed) == strip_time(reference)
+
+
+def test_divergence_is_recorded(fmnist_root):
+    r = train.run(TrainConfig(**TINY, lr=1e8, momentum=0.0, weight_decay=0.0, schedule="constant"))
+    assert r["status"] == "diverged"
+    # the run stops at the first epoch whose loss is not finite, and says which
+    assert r["diverged_epoch"] == len(r["history"]) == r["history"][-1]["epoch"]
+    assert all(math.isfinite(h["train_loss_running"]) for h in r["history"][:-1])
+    assert r["final"] == {} and r["best"] == {}
+    assert not math.isfinite(r["history"][-1]["train_loss_running"])
+
+
+def test_early_stopping_reports_best_validation_epoch(fmnist_root):
+    r = train.run(TrainConfig(**{**TINY, "epochs": 5}, lr=0.5, schedule="constant"))
+    accs = [h["val_acc"] for h in r["history"]]
+    assert r["best"]["val_acc"] == max(accs)
+    assert r["best"]["epoch"] == 1 + accs.index(max(accs))
+    assert r["final"]["epoch"] == 5
+    off = train.run(TrainConfig(**{**TINY, "epochs": 5}, lr=0.5, schedule="constant",
+                                early_stopping=False))
+    assert off["best"]["epoch"] == 5
+
+
+def test_metrics_against_recomputation(fmnist_root):
+    """Reported test accuracy equals an independent evaluation of the returned model."""
+    cfg = TrainConfig(**TINY, optimizer="sam", early_stopping=False)
+    result, model = train.run(cfg, return_model=True)
+    data = train.load_for(cfg)
+    with torch.no_grad():
+        model.eval()
+        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert result["final"]["test_acc"] == pytest.approx(acc, abs=1e-6)
+    assert result["final"]["gap"] == pytest.approx(result["final"]["train_acc"] - acc, abs=1e-6)
+    assert result["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_label_noise_accuracy_on_noisy_and_clean_labels(fmnist_root):
+    r = train.run(TrainConfig(**TINY, label_noise=0.4, early_stopping=False))
+    assert r["n_flipped"] == pytest.approx(0.4 * 200, abs=2)
+    f = r["final"]
+    assert f["train_acc"] != f["train_acc_clean"]
+
+
+def test_step_schedule_and_lr_in_history(fmnist_root):
+    r = train.run(TrainConfig(**{**TINY, "epochs": 4}, lr=0.1, schedule="step"))
+    assert [round(h["lr"], 6) for h in r["history"]] == [0.1, 0.01, 0.001, 0.001]
+
+
+def test_sparse_run_keeps_pruned_weights_zero(fmnist_root):
+    cfg = TrainConfig(**{**TINY, "width": 64}, optimizer="sam", prune="snip",
+                      prune_to_width=16)
+    r, model = train.run(cfg, return_model=True)
+    dense16 = TrainConfig(**TINY)
+    r16 = train.run(dense16)
+    # nonzero parameters of the sparse wide model match the small dense one (± rounding)
+    assert abs(r["nonzero_params"] - r16["params"]) <= 3
+    assert r["params"] > 3 * r16["params"]
+
+
+def test_regression_and_probe():
+    r = train.run(TrainConfig(dataset="toy1d", model="one_hidden_relu", width=20, epochs=5,
+                              batch_size=8, lr=0.05, momentum=0.0, weight_decay=0.0,
+                              optimizer="sam", schedule="constant", device="cpu"))
+    assert r["status"] == "ok" and "test_acc" not in r["final"]
+    assert len(r["probe"]["x"]) == len(r["probe"]["y"]) > 50
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(optimizer="adam"), "optimizer: got 'adam'; allowed: sgd, sam, asam"),
+    (dict(width=0), "width: got 0; allowed: an int > 0"),
+    (dict(label_noise=1.0), "label_noise: got 1.0; allowed: a number in [0, 1)"),
+    (dict(epochs="10"), "epochs: got '10' (str); allowed: an int"),
+    (dict(prune="snip"), "sparsity: got 0 with prune='snip'"),
+    (dict(sparsity=0.5), "prune: got 'none' with sparsity=0.5"),
+])
+def test_config_validation(bad, message):
+    with pytest.raises(ValueError, match=None) as e:
+        TrainConfig(**bad)
+    assert message in str(e.value)
