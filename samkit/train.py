@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "sam", "asam")
 SCHEDULES = ("step", "cosine", "constant")
 LOSSES = ("auto", "ce", "mse")
 PRUNE = ("none", "random", "snip")
+REGRESSION_DATASETS = ("synthetic", "toy1d")
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,17 @@ def validate_config(cfg) -> None:
     if cfg.prune != "none" and not (cfg.sparsity or cfg.prune_to_width):
         raise ValueError(f"sparsity: got 0 with prune={cfg.prune!r}; allowed: sparsity in "
                          "(0, 1) or prune_to_width > 0")
+    if cfg.dataset in REGRESSION_DATASETS:
+        for name, bad in (("augment", cfg.augment), ("label_noise", cfg.label_noise),
+                          ("model", cfg.model == "preact_resnet18")):
+            if bad:
+                raise ValueError(f"{name}: got {getattr(cfg, name)!r} with dataset "
+                                 f"{cfg.dataset!r} (1-D/vector regression); allowed: "
+                                 + {"augment": "false", "label_noise": "0",
+                                    "model": "mlp, one_hidden_relu"}[name])
+    if cfg.dataset == "toy1d" and (cfg.n_train or cfg.n_val):
+        raise ValueError("n_train: toy1d has a fixed set of 12 points; allowed: n_train 0 "
+                         "and n_val 0")
     if cfg.prune_to_width and cfg.prune_to_width >= cfg.width:
         raise ValueError(f"prune_to_width: got {cfg.prune_to_width} for width {cfg.width}; "
                          "allowed: a width smaller than the model's")

@@ -1,0 +1,175 @@
+"""bn_frozen: SAM's perturbed pass leaves every BatchNorm's running statistics alone.
+
+Reference: the statistics after one plain training-mode forward at the unperturbed weights
+(what SGD would record), and batch normalisation written out by hand.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samkit.bn import bn_frozen
+from samkit.sam import SAM
+
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only adds contention (10x slower on a busy box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+# name -> (mixing layer, BN layer factory, one example's shape)
+LAYERS = {
+    "bn1d_2d_input": (lambda: nn.Linear(4, 3), lambda: nn.BatchNorm1d(3), (4,)),
+    "bn1d_3d_input": (lambda: nn.Conv1d(2, 3, 3, padding=1), lambda: nn.BatchNorm1d(3), (2, 5)),
+    "bn2d": (lambda: nn.Conv2d(2, 3, 3, padding=1), lambda: nn.BatchNorm2d(3), (2, 4, 4)),
+    "bn3d": (lambda: nn.Conv3d(2, 3, 3, padding=1), lambda: nn.BatchNorm3d(3), (2, 3, 3, 3)),
+    "syncbn": (lambda: nn.Conv2d(2, 3, 3, padding=1), lambda: nn.SyncBatchNorm(3), (2, 4, 4)),
+    "momentum_none": (lambda: nn.Conv2d(2, 3, 3, padding=1),
+                      lambda: nn.BatchNorm2d(3, momentum=None), (2, 4, 4)),
+    "no_running_stats": (lambda: nn.Conv2d(2, 3, 3, padding=1),
+                         lambda: nn.BatchNorm2d(3, track_running_stats=False), (2, 4, 4)),
+    "affine_false": (lambda: nn.Linear(4, 3), lambda: nn.BatchNorm1d(3, affine=False), (4,)),
+}
+
+
+def _model(kind, seed=0):
+    mix, bn, shape = LAYERS[kind]
+    torch.manual_seed(seed)
+    model = nn.Sequential(mix(), bn(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(2, *shape))  # materialise the lazy layer ...
+    model = model.to(DT)
+    if model[1].track_running_stats:
+        model[1].reset_running_stats()  # ... and forget that forward
+    return model, shape
+
+
+def _batch_norm_by_hand(x, bn, use_batch_stats):
+    dims = [d for d in range(x.dim()) if d != 1]
+    view = [1, -1] + [1] * (x.dim() - 2)
+    if use_batch_stats:
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    y = (x - mean.view(view)) / torch.sqrt(var.view(view) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.view(view) + bn.bias.view(view)
+    return y
+
+
+def _buffers(m):
+    return {k: v.clone() for k, v in m.named_buffers()}
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_sam_step_records_stats_of_one_plain_pass(kind):
+    model, shape = _model(kind)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    seen = {}
+    model[1].register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    for _ in range(3):
+        x = torch.randn(6, *shape, generator=g, dtype=DT)
+        y = torch.randint(0, 3, (6,), generator=g)
+        ref = copy.deepcopy(model)  # unperturbed weights, statistics so far
+        ref(x)
+        F.cross_entropy(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        with bn_frozen(model):
+            assert not model[1].track_running_stats
+            F.cross_entropy(model(x), y).backward()
+            # The perturbed pass normalises with its own batch statistics.
+            torch.testing.assert_close(seen["y"], _batch_norm_by_hand(seen["x"], model[1], True),
+                                       rtol=1e-10, atol=1e-12)
+        opt.second_step(zero_grad=True)
+        assert model[1].track_running_stats == LAYERS[kind][1]().track_running_stats
+        got, want = _buffers(model), _buffers(ref)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+    if model[1].track_running_stats:
+        assert int(model[1].num_batches_tracked) == 3
+        assert not torch.equal(model[1].running_mean, torch.zeros(3, dtype=DT))
+    else:
+        assert model[1].running_mean is None
+
+
+def test_momentum_none_is_the_plain_average_of_first_passes():
+    """Cumulative BN (momentum=None): running_mean = mean of the per-step batch means of the
+    FIRST passes only."""
+    model, shape = _model("momentum_none")
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    means = []
+    model[1].register_forward_hook(lambda m, i, o: means.append(i[0].mean((0, 2, 3))))
+    g = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        x = torch.randn(5, *shape, generator=g, dtype=DT)
+        y = torch.randint(0, 3, (5,), generator=g)
+        F.cross_entropy(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        with bn_frozen(model):
+            F.cross_entropy(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+    first_pass = means[0::2]
+    torch.testing.assert_close(model[1].running_mean, sum(first_pass) / 4, rtol=0, atol=1e-14)
+
+
+def test_flags_restored_when_body_raises():
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm2d(3, track_running_stats=False),
+                          nn.SyncBatchNorm(3), nn.Sequential(nn.BatchNorm3d(3)))
+    before = [m.track_running_stats for m in model.modules() if hasattr(m, "track_running_stats")]
+    with pytest.raises(KeyError):
+        with bn_frozen(model):
+            assert not any(m.track_running_stats for m in model.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm))
+            with bn_frozen(model):  # nesting is harmless
+                pass
+            assert not model[0].track_running_stats
+            raise KeyError("boom")
+    after = [m.track_running_stats for m in model.modules() if hasattr(m, "track_running_stats")]
+    assert after == before == [True, False, True, True]
+
+
+def test_nan_perturbed_pass_leaves_buffers_finite():
+    model, shape = _model("bn2d")
+    before = _buffers(model)
+    with bn_frozen(model):
+        model(torch.full((4, *shape), float("nan"), dtype=DT))
+    for k, v in _buffers(model).items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_eval_mode_still_uses_running_stats():
+    model, shape = _model("bn2d")
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        model(torch.randn(8, *shape, generator=g, dtype=DT) + 2.0)
+    model.eval()
+    seen = {}
+    model[1].register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    before = _buffers(model)
+    with bn_frozen(model):
+        model(torch.randn(4, *shape, generator=g, dtype=DT))
+    torch.testing.assert_close(seen["y"], _batch_norm_by_hand(seen["x"], model[1], False),
+                               rtol=1e-10, atol=1e-12)
+    for k, v in _buffers(model).items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_lazy_batchnorm_is_covered():
+    model = nn.Sequential(nn.LazyBatchNorm1d())
+    model(torch.randn(4, 3))  # materialised by SAM's first (normal) pass
+    before = _buffers(model)
+    with bn_frozen(model):
+        model(torch.randn(4, 3))
+    for k, v in _buffers(model).items():
+        assert torch.equal(v, before[k]), k
+    assert int(model[0].num_batches_tracked) == 1 and model[0].track_running_stats
