@@ -64,8 +64,13 @@ def cmd_train(args, parser):
         parser.error(str(e))
     if args.data_root:
         os.environ["SAMKIT_DATA"] = args.data_root
-    from .train import run
-    result = run(cfg, checkpoint=args.checkpoint, quiet=args.quiet)
+    from .train import load_for, run
+    try:  # a missing, corrupt or too small dataset: one line that says how to fix it
+        data = load_for(cfg)
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    result = run(cfg, checkpoint=args.checkpoint, quiet=args.quiet, data=data)
     if not args.history:
         result.pop("history")
     print(json.dumps(result, indent=1))
