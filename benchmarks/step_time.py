@@ -1,0 +1,472 @@
+"""Time one training step of SGD, samkit's SAM and a reference SAM, side by side.
+
+For every (model, batch, mode) the three variants run in the same process on identical copies of
+one model and one synthetic batch (Fashion-MNIST shaped, 1x28x28, 10 classes, data already on the
+device, so the optimizer step is timed, not a data loader):
+
+  sgd      SGD step (momentum 0.9, weight decay 5e-4): forward, backward, step.
+  sam      samkit.SAM over the same SGD: forward, backward, first_step, forward+backward under
+           bn_frozen, second_step.
+  ref_sam  the baseline users write today: the blog seed's SAM with its bugs fixed (ONE global
+           norm, not one per group), but in its style: a Python loop over parameters, the norm
+           from per-parameter ``.norm().item()`` (a host sync per parameter), e_w stored per
+           parameter, restore by ``p.sub_(e_w)``, and BN momentum set to 0 on the second pass
+           (as davda54/sam and most copies of it do).
+
+The variants are interleaved: after a warm-up, each repetition times one block of steps of each
+variant, the order rotating every repetition, so drift (thermal, other load) hits all alike. The
+reported time is the median over repetitions. Modes:
+
+  fp32     eager float32.
+  bf16-cl  eager, bf16 autocast + channels_last (CUDA; also runs on CPU if asked for).
+  graph    bf16-cl with the model's forward+backward compiled by
+           torch.compile(mode="reduce-overhead") (CUDA graphs) and the optimizer calls
+           (SGD.step, SAM.first_step/second_step) compiled with torch.compile; the reference
+           SAM's optimizer stays eager (its .item() calls force host syncs). CUDA only.
+
+Run ``python benchmarks/step_time.py --help``; results go to results/bench/step_time_<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samkit.bn import bn_frozen
+from samkit.models import MLP, PreActResNet18, count_params
+from samkit.sam import SAM
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = "samkit.bench.step_time/1"
+
+# Hyperparameters of every timed step (they do not change the work done, only the numbers).
+LR, MOMENTUM, WEIGHT_DECAY, RHO = 0.01, 0.9, 5e-4, 0.05
+IN_SHAPE, NUM_CLASSES = (1, 28, 28), 10  # Fashion-MNIST
+VARIANTS = ("sgd", "sam", "ref_sam")
+MODES = {
+    "fp32": "eager float32",
+    "bf16-cl": "eager, bf16 autocast + channels_last",
+    "graph": "bf16 autocast + channels_last; model torch.compile(mode='reduce-overhead') "
+             "(CUDA graphs), SGD.step / SAM.first_step / SAM.second_step torch.compile'd; "
+             "ref_sam's optimizer eager",
+}
+CUDA_ONLY_MODES = ("graph",)
+MODEL_FORMS = "mlp-<width> (784 -> width -> 10) or preact18-<width> (PreActResNet18)"
+
+# Defaults per device. On CPU (2 cores here) a PreActResNet18 of width 64 trains at ~55 img/s,
+# so the CPU default stays at widths 8 and 16 and adds the MLP at batch 512 only.
+DEFAULTS = {
+    "cpu": dict(models=["mlp-1024", "preact18-8", "preact18-16"], batches=[128],
+                extra=[("mlp-1024", 512)], modes=["fp32"], steps=40, warmup=5, block=1),
+    "cuda": dict(models=["mlp-1024", "preact18-16", "preact18-64"], batches=[128, 512],
+                 extra=[], modes=["fp32", "bf16-cl", "graph"], steps=50, warmup=10, block=5),
+}
+QUICK = dict(models=["mlp-32", "preact18-2"], batches=[8], extra=[], modes=["fp32"], steps=3,
+             warmup=1, block=1)
+
+
+# --------------------------------------------------------------------------- reference SAM
+
+class ReferenceSAM(torch.optim.Optimizer):
+    """The blog seed's SAM, bug fixed (one global norm), written the way users write it."""
+
+    def __init__(self, params, base_optimizer, rho=0.05):
+        super().__init__(params, dict(rho=rho))
+        self.base_optimizer = base_optimizer
+        self.param_groups = self.base_optimizer.param_groups
+        for group in self.param_groups:
+            group.setdefault("rho", rho)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad=False):
+        # The fix: ONE norm over all groups (the blog takes one per group).
+        grad_norm = sum(p.grad.norm().item() ** 2 for group in self.param_groups
+                        for p in group["params"] if p.grad is not None) ** 0.5
+        for group in self.param_groups:
+            scale = group["rho"] / (grad_norm + 1e-12)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                e_w = p.grad * scale
+                p.add_(e_w)
+                self.state[p]["e_w"] = e_w
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad=False):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p.sub_(self.state[p]["e_w"])
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+
+@contextlib.contextmanager
+def bn_momentum_zero(model):
+    """The common BN fix for the second pass: momentum 0, so running stats stay put."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in layers]
+    try:
+        for m in layers:
+            m.momentum = 0
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
+
+
+# --------------------------------------------------------------------------- models and steps
+
+def parse_model(spec: str):
+    """'mlp-1024' -> ('mlp', 1024); None when ``spec`` is not a valid model name."""
+    m = re.fullmatch(r"(mlp|preact18)-([1-9][0-9]*)", spec)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def build_model(spec: str) -> nn.Module:
+    kind, width = parse_model(spec)
+    if kind == "mlp":
+        return MLP(IN_SHAPE[0] * IN_SHAPE[1] * IN_SHAPE[2], [width], NUM_CLASSES)
+    return PreActResNet18(width, in_channels=IN_SHAPE[0], num_classes=NUM_CLASSES)
+
+
+def _sgd_kwargs():
+    return dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def make_step(variant: str, model: nn.Module, x, y, mode: str = "fp32"):
+    """A function doing one full training step of ``variant`` on ``model`` with batch (x, y).
+
+    ``model`` is trained in place (give each variant its own copy); its optimizer lives in the
+    closure. ``mode`` picks autocast/compilation as described in the module docstring.
+    """
+    compiled = mode == "graph"
+    bf16 = mode in ("bf16-cl", "graph")
+    device_type = x.device.type
+    fwd = torch.compile(model, mode="reduce-overhead", dynamic=False) if compiled else model
+    opt_compile = (lambda f: torch.compile(f, dynamic=False)) if compiled else (lambda f: f)
+
+    def forward_backward():
+        if compiled:  # the previous pass's outputs (grads) have been consumed
+            torch.compiler.cudagraph_mark_step_begin()
+        ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if bf16
+               else contextlib.nullcontext())
+        with ctx:
+            loss = F.cross_entropy(fwd(x), y)
+        loss.backward()
+
+    params = list(model.parameters())
+    if variant == "sgd":
+        opt = torch.optim.SGD(params, **_sgd_kwargs())
+        opt_step = opt_compile(opt.step)
+
+        def step():
+            forward_backward()
+            opt_step()
+            opt.zero_grad(set_to_none=True)
+    elif variant == "sam":
+        opt = SAM(params, torch.optim.SGD, rho=RHO, **_sgd_kwargs())
+        first = opt_compile(lambda: opt.first_step())
+        second = opt_compile(lambda: opt.second_step())
+
+        def step():
+            forward_backward()
+            first()
+            opt.zero_grad(set_to_none=True)
+            with bn_frozen(model):
+                forward_backward()
+            second()
+            opt.zero_grad(set_to_none=True)
+    elif variant == "ref_sam":
+        opt = ReferenceSAM(params, torch.optim.SGD(params, **_sgd_kwargs()), rho=RHO)
+
+        def step():
+            forward_backward()
+            opt.first_step(zero_grad=True)
+            with bn_momentum_zero(model):
+                forward_backward()
+            opt.second_step(zero_grad=True)
+    else:
+        raise ValueError(f"variant: unknown {variant!r}; allowed: {', '.join(VARIANTS)}")
+    return step
+
+
+# --------------------------------------------------------------------------- timing
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_config(spec, batch, mode, device, steps, warmup, block, seed=0):
+    """Median time of one step of each variant, interleaved round-robin."""
+    torch.manual_seed(seed)
+    base = build_model(spec).to(device)
+    n_params = count_params(base)
+    x = torch.randn(batch, *IN_SHAPE, device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+    if mode in ("bf16-cl", "graph"):
+        base = base.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if mode == "graph":
+        torch._dynamo.reset()  # a fresh cache per config: no recompile limit hit across configs
+    models = {v: copy.deepcopy(base) for v in VARIANTS}
+    for m in models.values():
+        m.train()
+    run = {v: make_step(v, models[v], x, y, mode) for v in VARIANTS}
+
+    def timed_block(v):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(block):
+            run[v]()
+        _sync(device)
+        return (time.perf_counter() - t0) / block
+
+    for i in range(warmup):  # compile, allocator, cuDNN autotune, caches
+        for v in VARIANTS:
+            timed_block(v)
+    samples = {v: [] for v in VARIANTS}
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(steps):
+            k = r % len(VARIANTS)  # rotate the order: no variant always runs first
+            for v in VARIANTS[k:] + VARIANTS[:k]:
+                samples[v].append(timed_block(v))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    finite = all(torch.isfinite(p).all().item() for m in models.values() for p in m.parameters())
+
+    out = dict(model=spec, params=n_params, batch=batch, mode=mode, finite=finite)
+    for v in VARIANTS:
+        ms = [s * 1e3 for s in samples[v]]
+        q = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0]] * 3
+        med = statistics.median(ms)
+        out[v] = dict(median_ms=med, min_ms=min(ms), q1_ms=q[0], q3_ms=q[2], n=len(ms),
+                      img_per_s=batch / (med / 1e3), samples_ms=ms)
+    out["ratio_sam_sgd"] = out["sam"]["median_ms"] / out["sgd"]["median_ms"]
+    out["ratio_ref_sam_sgd"] = out["ref_sam"]["median_ms"] / out["sgd"]["median_ms"]
+    out["speedup_sam_vs_ref"] = out["ref_sam"]["median_ms"] / out["sam"]["median_ms"]
+    return out
+
+
+# --------------------------------------------------------------------------- provenance, output
+
+def _git_commit():
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short=12", "HEAD") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device):
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cuda"
+        extra = dict(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                     tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                     cudnn_benchmark=torch.backends.cudnn.benchmark)
+    else:
+        name, slug, extra = f"CPU ({_cpu_name()})", "cpu", {}
+    return name, slug, extra
+
+
+def _loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def write_json_atomic(path: Path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def format_table(results):
+    head = (f"{'model':<13}{'params':>10}{'batch':>6} {'mode':<8}{'SGD ms':>9}{'SAM ms':>9}"
+            f"{'ref ms':>9}{'SGD img/s':>10}{'SAM img/s':>10}{'SAM/SGD':>8}{'ref/SGD':>8}"
+            f"{'speed-up':>9}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lead = f"{r['model']:<13}{r.get('params', 0):>10,}{r['batch']:>6} {r['mode']:<8}"
+        if "error" in r:
+            lines.append(lead + f"  ERROR: {r['error']}")
+            continue
+        lines.append(lead + f"{r['sgd']['median_ms']:>9.2f}{r['sam']['median_ms']:>9.2f}"
+                     f"{r['ref_sam']['median_ms']:>9.2f}{r['sgd']['img_per_s']:>10.0f}"
+                     f"{r['sam']['img_per_s']:>10.0f}{r['ratio_sam_sgd']:>8.3f}"
+                     f"{r['ratio_ref_sam_sgd']:>8.3f}{r['speedup_sam_vs_ref']:>8.2f}x")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _split(values):
+    return [v for item in values or [] for v in item.split(",") if v]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Median step time of SGD vs samkit SAM vs a reference SAM, interleaved.",
+        epilog="Defaults per device -- CPU: mlp-1024 at batch 128 and 512, preact18-8/16 at "
+               "128, fp32, 40 steps. CUDA: mlp-1024, preact18-16, preact18-64 x batch 128, 512 "
+               "x fp32, bf16-cl, graph, 50 blocks of 5 steps.")
+    p.add_argument("--models", nargs="+", metavar="M",
+                   help=f"models, space or comma separated: {MODEL_FORMS}")
+    p.add_argument("--batches", nargs="+", metavar="B", help="batch sizes (positive integers)")
+    p.add_argument("--modes", nargs="+", metavar="MODE",
+                   help=f"modes: {', '.join(MODES)} ({', '.join(CUDA_ONLY_MODES)}: CUDA only)")
+    p.add_argument("--steps", type=int, help="timed repetitions per variant (report: median)")
+    p.add_argument("--warmup", type=int, help="untimed repetitions per variant first")
+    p.add_argument("--block", type=int,
+                   help="steps per timed repetition (CUDA default 5: lets steps pipeline)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default: torch's own; --quick: 1)")
+    p.add_argument("--out", type=Path,
+                   help="JSON path (default results/bench/step_time_<device-slug>.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny models, batch 8, 3 steps: checks the script, not the speed")
+    args = p.parse_args(argv)
+
+    if args.device not in ("auto", "cpu", "cuda"):
+        p.error(f"--device: bad value {args.device!r}; allowed: auto, cpu, cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device: 'cuda' asked for but CUDA is not available; allowed here: auto, cpu")
+    device = torch.device("cuda" if args.device == "cuda" or
+                          (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    d = dict(QUICK if args.quick else DEFAULTS[device.type])
+
+    models, batches, modes = _split(args.models), _split(args.batches), _split(args.modes)
+    for m in models:
+        if parse_model(m) is None:
+            p.error(f"--models: bad value {m!r}; allowed: {MODEL_FORMS}, e.g. mlp-1024, "
+                    "preact18-16")
+    for b in batches:
+        if not re.fullmatch(r"[1-9][0-9]*", b):
+            p.error(f"--batches: bad value {b!r}; allowed: positive integers, e.g. 128 512")
+    for m in modes:
+        if m not in MODES:
+            p.error(f"--modes: bad value {m!r}; allowed: {', '.join(MODES)}")
+        if m in CUDA_ONLY_MODES and device.type != "cuda":
+            p.error(f"--modes: bad value {m!r} on {device.type}: it needs CUDA; allowed here: "
+                    f"{', '.join(k for k in MODES if k not in CUDA_ONLY_MODES)}")
+    for name, low in (("steps", 1), ("warmup", 0), ("block", 1), ("threads", 1)):
+        v = getattr(args, name)
+        if v is not None and v < low:
+            p.error(f"--{name}: bad value {v}; allowed: integers >= {low}")
+
+    plan = [(m, int(b)) for m in (models or d["models"]) for b in (batches or d["batches"])]
+    if not models and not batches:
+        plan += [e for e in d["extra"] if e not in plan]
+    args.device = device
+    args.plan = [(m, b, mode) for mode in (modes or d["modes"]) for m, b in plan]
+    for name in ("steps", "warmup", "block"):
+        if getattr(args, name) is None:
+            setattr(args, name, d[name])
+    if args.threads is None and args.quick:
+        args.threads = 1  # tiny tensors: a second thread only adds contention on a busy box
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = args.device
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    name, slug, extra = device_info(device)
+    out = args.out or REPO / "results" / "bench" / f"step_time_{slug}.json"
+    if device.type == "cuda":
+        cfg = torch._dynamo.config  # a config compiles 2 BN states x 3 models: room to spare
+        key = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, key, max(getattr(cfg, key), 64))
+    load_before = _loadavg()
+    print(f"step_time: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load {load_before}; {len(args.plan)} configs x {len(VARIANTS)} variants, "
+          f"{args.warmup} warm-up + {args.steps} timed repetitions of {args.block} step(s)",
+          flush=True)
+    results, t_start = [], time.perf_counter()
+    for spec, batch, mode in args.plan:
+        t0 = time.perf_counter()
+        try:
+            r = time_config(spec, batch, mode, device, args.steps, args.warmup, args.block)
+        except Exception as e:  # one broken mode must not lose the other measurements
+            r = dict(model=spec, batch=batch, mode=mode, error=f"{type(e).__name__}: {e}")
+        results.append(r)
+        print(format_table([r]).splitlines()[-1] + f"   [{time.perf_counter() - t0:.0f} s]",
+              flush=True)
+    data = {
+        "schema": SCHEMA,
+        "provenance": {
+            "commit": _git_commit(), "device": name, "device_slug": slug,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "loadavg_before": load_before, "loadavg_after": _loadavg(),
+            "wall_s": round(time.perf_counter() - t_start, 1),
+            "argv": sys.argv[1:] if argv is None else list(argv), **extra,
+        },
+        "settings": {
+            "steps": args.steps, "warmup": args.warmup, "block": args.block,
+            "statistic": "median over repetitions of (block time / block) per variant; "
+                         "variants interleaved round-robin, order rotated every repetition",
+            "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "rho": RHO,
+            "input_shape": list(IN_SHAPE), "num_classes": NUM_CLASSES, "data": "synthetic, "
+            "resident on the device", "variants": list(VARIANTS), "modes": MODES,
+            "quick": args.quick,
+        },
+        "results": results,
+    }
+    write_json_atomic(Path(out), data)
+    print()
+    print(format_table(results))
+    print(f"\nSAM/SGD and ref/SGD: ratios of median step times (floor 2.0: two forward+backward "
+          f"passes); speed-up: ref_sam median / sam median.\nwrote {out}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

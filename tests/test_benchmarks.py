@@ -1,0 +1,140 @@
+"""benchmarks/step_time.py: its JSON output is well formed, and its baseline SAM is correct.
+
+Speed is never asserted here (it depends on the machine and its load); only that the script runs,
+writes what it says, and that the reference SAM it times against is the same algorithm as samkit's.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "step_time.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+st = _load()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "step_time.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_quick_run_writes_the_documented_schema(quick_run):
+    data, stdout = quick_run
+    assert data["schema"] == st.SCHEMA
+    prov = data["provenance"]
+    for key in ("commit", "device", "device_slug", "torch", "python", "threads", "date"):
+        assert prov[key] not in (None, ""), key
+    assert prov["torch"] == torch.__version__
+    assert prov["threads"] == 1  # --quick pins one thread
+    settings = data["settings"]
+    assert settings["quick"] is True and settings["variants"] == list(st.VARIANTS)
+    steps = settings["steps"]
+    assert [(r["model"], r["batch"], r["mode"]) for r in data["results"]] == [
+        (m, b, mode) for mode in st.QUICK["modes"] for m in st.QUICK["models"]
+        for b in st.QUICK["batches"]]
+    for r in data["results"]:
+        assert "error" not in r, r.get("error")
+        assert r["finite"] is True and r["params"] > 0
+        for v in st.VARIANTS:
+            t = r[v]
+            assert t["n"] == steps == len(t["samples_ms"])
+            assert all(s > 0 for s in t["samples_ms"])
+            assert t["min_ms"] <= t["q1_ms"] <= t["median_ms"] <= t["q3_ms"]
+            assert math.isclose(t["median_ms"], sorted(t["samples_ms"])[steps // 2]
+                                if steps % 2 else sum(sorted(t["samples_ms"])
+                                                      [steps // 2 - 1:steps // 2 + 1]) / 2)
+            assert math.isclose(t["img_per_s"], r["batch"] / (t["median_ms"] / 1e3))
+        # The ratios are computed from the recorded medians.
+        assert math.isclose(r["ratio_sam_sgd"], r["sam"]["median_ms"] / r["sgd"]["median_ms"])
+        assert math.isclose(r["ratio_ref_sam_sgd"],
+                            r["ref_sam"]["median_ms"] / r["sgd"]["median_ms"])
+        assert math.isclose(r["speedup_sam_vs_ref"],
+                            r["ref_sam"]["median_ms"] / r["sam"]["median_ms"])
+        assert r["model"] in stdout  # the table is printed
+    assert "SAM/SGD" in stdout
+
+
+def test_json_is_written_atomically(tmp_path):
+    path = tmp_path / "sub" / "x.json"
+    st.write_json_atomic(path, {"a": 1})
+    st.write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--models", "resnet-8"], "'resnet-8'"),
+    (["--models", "mlp-1024,preact18-0"], "'preact18-0'"),
+    (["--batches", "128", "x"], "'x'"),
+    (["--modes", "fp16"], "'fp16'"),
+    (["--steps", "0"], "--steps: bad value 0"),
+    (["--device", "tpu"], "'tpu'"),
+])
+def test_bad_arguments_give_one_clear_error(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        st.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "allowed" in err
+
+
+def test_graph_mode_is_refused_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: graph mode is allowed")
+    with pytest.raises(SystemExit):
+        st.parse_args(["--modes", "graph"])
+    assert "needs CUDA" in capsys.readouterr().err
+
+
+def test_cpu_default_plan():
+    args = st.parse_args(["--device", "cpu"])
+    assert args.plan == [("mlp-1024", 128, "fp32"), ("preact18-8", 128, "fp32"),
+                         ("preact18-16", 128, "fp32"), ("mlp-1024", 512, "fp32")]
+    assert args.steps >= 20
+    args = st.parse_args(["--device", "cpu", "--models", "mlp-8", "--batches", "4,16"])
+    assert args.plan == [("mlp-8", 4, "fp32"), ("mlp-8", 16, "fp32")]
+
+
+@pytest.mark.parametrize("spec", ["mlp-16", "preact18-2"])
+def test_reference_sam_matches_samkit_sam_in_float64(spec):
+    """The baseline is a fair, correct SAM: after two steps (momentum included) its weights and
+    BN running statistics equal samkit's, in float64."""
+    torch.manual_seed(0)
+    base = st.build_model(spec).double()
+    x = torch.randn(6, *st.IN_SHAPE, dtype=torch.float64)
+    y = torch.randint(0, st.NUM_CLASSES, (6,))
+    models = {v: copy.deepcopy(base) for v in ("sam", "ref_sam", "sgd")}
+    for v, m in models.items():
+        step = st.make_step(v, m, x, y, "fp32")
+        for _ in range(2):
+            step()
+    sam, ref, sgd = (models[v].state_dict() for v in ("sam", "ref_sam", "sgd"))
+    moved = False
+    for k, w in sam.items():
+        if k.endswith("num_batches_tracked"):  # momentum 0 still counts the 2nd pass
+            continue
+        torch.testing.assert_close(ref[k], w, rtol=0, atol=1e-12, msg=k)
+        moved |= not torch.allclose(w, sgd[k], rtol=0, atol=1e-9)
+    assert moved, "SAM and SGD gave the same weights: the SAM steps did nothing"
