@@ -29,6 +29,7 @@ _HELP = {
     "eta": "ASAM's T = |w| + eta",
     "lr": "learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay", "batch_size": "batch size", "epochs": "epochs",
+    "eval_every": "evaluate and checkpoint every N epochs (and after the last)",
     "schedule": "step (x0.1 at 50%% and 75%%) | cosine | constant",
     "loss": "auto | ce | mse (auto: ce for classes, mse for regression)",
     "early_stopping": "report the epoch of best validation accuracy (needs --n-val)",

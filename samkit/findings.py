@@ -301,11 +301,12 @@ def slope_variation(x, y) -> float:
 
 def simplicity(curves: pd.DataFrame, tol: float = 0.5) -> pd.DataFrame:
     """Per run ``key`` of a long table of learned functions (columns key, x, y): its
-    ``linear_pieces`` and ``slope_variation``."""
-    rows = [{"key": k, "pieces": linear_pieces(g["x"], g["y"], tol),
-             "slope_tv": slope_variation(g["x"], g["y"])}
+    ``linear_pieces`` and ``slope_variation`` of the final model, as ``final_pieces`` and
+    ``final_slope_tv`` (so ``results.save`` keeps them with the run's other metrics)."""
+    rows = [{"key": k, "final_pieces": linear_pieces(g["x"], g["y"], tol),
+             "final_slope_tv": slope_variation(g["x"], g["y"])}
             for k, g in curves.groupby("key", sort=False)]
-    return pd.DataFrame(rows, columns=["key", "pieces", "slope_tv"])
+    return pd.DataFrame(rows, columns=["key", "final_pieces", "final_slope_tv"])
 
 
 def restrict(runs: pd.DataFrame, best: pd.DataFrame, keys: list[str],
@@ -385,8 +386,7 @@ SUMMARY = {
                     "non-uniformity SAM/SGD, widest": "nonuniformity.last"}},
     "simplicity": {
         "claim": "Paper §4.1: SAM finds simpler functions than SGD when overparameterized",
-        "verdicts": {"simpler, widest": "widest.verdict", "not at smallest":
-                     "narrowest.verdict"},
+        "verdicts": {"simpler, widest": "widest.verdict"},
         "numbers": {"slope TV SAM/SGD, widest": "widest.value"}},
 }
 
@@ -399,16 +399,24 @@ def _get(d: dict, path: str):
     return d
 
 
+def _put(d: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        d = d.setdefault(part, {})
+    d[last] = value
+
+
 def collect(profile: str, root: str = "results", studies: dict | None = None) -> dict:
     """Every study's saved metrics (``results.load``) gathered for the book's front page:
     'table' (study, claim, verdicts, key numbers, runs, wall minutes; a missing study shows
     'not run'), 'missing' and a metrics.json-like dict ('metrics' keyed by study with 'claim',
-    'verdicts', 'numbers', 'status' and each path; 'profile', 'provenance', 'n_runs', 'seeds',
+    'verdicts', 'numbers', 'status', 'runs' and 'm' (each summarized metric by its path), plus
+    'book' (counts of studies and verdicts); 'profile', 'provenance', 'n_runs', 'seeds',
     'wall_seconds') so ``results.glue_metrics`` and ``results.provenance_line`` work on it."""
     from .provenance import provenance
     from .results import load
     studies = studies or SUMMARY
-    rows, metrics, missing, seeds = [], {}, [], set()
+    rows, metrics, missing, seeds, tally = [], {}, [], set(), []
     n_runs = wall = 0
     for study, spec in studies.items():
         try:
@@ -423,7 +431,10 @@ def collect(profile: str, root: str = "results", studies: dict | None = None) ->
         n_line = "; ".join(f"{k}: {v}" for k, v in numbers.items())
         metrics[study] = {"claim": spec["claim"], "status": "ok" if meta else "not run",
                           "verdicts": v_line, "numbers": n_line,
-                          "runs": meta["n_runs"] if meta else 0}
+                          "runs": meta["n_runs"] if meta else 0, "m": {}}
+        for path in [*spec["verdicts"].values(), *spec["numbers"].values()]:
+            _put(metrics[study]["m"], path, _get(m, path) if meta else "not run")
+        tally.extend(v for v in verdicts.values() if meta)
         rows.append({"study": study, "claim tested": spec["claim"],
                      "verdict(s)": v_line if meta else
                      f"not run (no {root}/{profile}/{study}/metrics.json)",
@@ -436,9 +447,13 @@ def collect(profile: str, root: str = "results", studies: dict | None = None) ->
             wall += meta["wall_seconds"]
             seeds.update(meta["seeds"])
     n_ok = sum(1 for s in metrics.values() if s["status"] == "ok")
-    metrics["book"] = {"studies_run": n_ok, "studies": len(studies),
+    metrics["book"] = {"profile": profile, "studies_run": n_ok, "studies": len(studies),
                        "missing": ", ".join(missing) or "none", "runs": n_runs,
-                       "wall_minutes": round(wall / 60, 1)}
+                       "wall_minutes": round(wall / 60, 1), "verdicts": len(tally),
+                       "supports": tally.count("supports"),
+                       "contradicts": tally.count("contradicts"),
+                       "unclear": len(tally) - tally.count("supports")
+                       - tally.count("contradicts")}
     return {"table": pd.DataFrame(rows), "missing": missing, "metrics": metrics,
             "profile": profile, "provenance": provenance(), "n_runs": n_runs,
             "seeds": sorted(seeds), "wall_seconds": wall}
@@ -449,6 +464,39 @@ def describe(runs: pd.DataFrame, columns: list[str]) -> dict:
     description of the setup."""
     out = {}
     for c in columns:
-        vals = sorted({_num(v) for v in runs[c].dropna()}, key=str) if c in runs else []
+        vals = {_num(v) for v in runs[c].dropna()} if c in runs else set()
+        try:
+            vals = sorted(vals)
+        except TypeError:  # mixed types: sort as text
+            vals = sorted(vals, key=str)
         out[c] = ", ".join(str(v) for v in vals) or "n/a"
     return out
+
+
+def stack(tables: dict, name: str) -> pd.DataFrame:
+    """Tables with the same columns stacked, each labelled in column ``name`` by its key
+    (e.g. several paired comparisons in one figure)."""
+    return pd.concat([t.assign(**{name: k}) for k, t in tables.items()], ignore_index=True)
+
+
+def interpolates(runs: pd.DataFrame, targets, metric: str = "final_train_loss",
+                 frac: float = 0.05) -> dict:
+    """Do the runs fit their training points? A run fits if its training MSE (``metric``) is
+    below ``frac`` of the targets' variance. 'verdict' is 'yes' when most finished runs fit;
+    'count' says how many do; diverged runs count as not fitting."""
+    threshold = frac * float(np.var(np.asarray(targets, dtype=float)))
+    loss = runs[metric].where(runs["status"] == "ok")
+    n_fit = int((loss < threshold).sum())
+    verdict = "yes" if len(runs) and n_fit > len(runs) / 2 else "no"
+    return {"verdict": verdict, "count": f"{n_fit} of {len(runs)} runs",
+            "threshold": num(threshold)}
+
+
+def requires(result: dict, condition: dict, reason: str) -> dict:
+    """``result`` with its verdict replaced by 'cannot test' unless ``condition['verdict']``
+    is 'yes' (e.g. a claim about interpolating solutions, tested on runs that do not
+    interpolate); the original verdict is kept as 'raw_verdict' and ``reason`` as 'note'."""
+    if condition.get("verdict") == "yes":
+        return {**result, "raw_verdict": result.get("verdict"), "note": ""}
+    return {**result, "verdict": "cannot test", "raw_verdict": result.get("verdict"),
+            "note": reason}

@@ -33,6 +33,7 @@ def gain_vs(table: pd.DataFrame, x: str, meta: dict, hue: str | None = None,
     ax.axhline(0, color="0.3", lw=0.8, ls="--")
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # crowded minor labels overlap
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel)
     if title:
@@ -56,3 +57,256 @@ def _fig(ax, size=(6.4, 4.0)):
         fig, ax = plt.subplots(figsize=size)
         return fig, ax
     return ax.figure, ax
+
+
+# ----------------------------------------------------------------------------- study figures
+
+def mean_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = None,
+            y: str = "mean", ylabel: str = "test accuracy (%)", percent: bool = True,
+            logx: bool = True, logy: bool = False, xlabel: str | None = None, ax=None,
+            title: str | None = None, dashes: bool = False):
+    """Mean with 95% CI error bars vs ``x``, one line per ``hue`` (no zero line: for levels,
+    not differences). ``meta=None`` leaves the stamp to the caller (a panel of a larger
+    figure). Groups with diverged runs are annotated."""
+    fig, ax = _fig(ax)
+    scale = 100 if percent else 1
+    groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
+    palette = sns.color_palette(n_colors=max(1, len(groups)))
+    for color, (name, g) in zip(palette, groups):
+        g = g.sort_values(x)
+        ax.errorbar(g[x], scale * g[y], yerr=scale * g["ci95"].fillna(0), marker="o",
+                    capsize=3, color=color, ls="--" if dashes else "-",
+                    label=None if hue is None else f"{hue}={name}")
+        _mark_diverged_scaled(ax, g, x, y, scale)
+    if logx:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # crowded minor labels overlap
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if hue is not None:
+        ax.legend(fontsize=8)
+    if meta is not None:
+        stamp(fig, meta)
+    return fig
+
+
+def _mark_diverged_scaled(ax, g, x, y, scale):
+    if "diverged" not in g:
+        return
+    for _, row in g[g["diverged"] > 0].iterrows():
+        yv = scale * row[y] if np.isfinite(row[y]) else ax.get_ylim()[0]
+        ax.annotate(f"{int(row['diverged'])} diverged", (row[x], yv),
+                    textcoords="offset points", xytext=(0, 8), fontsize=7, color="crimson",
+                    ha="center")
+
+
+def vs_blog(table: pd.DataFrame, meta: dict):
+    """Grouped bars per arm of a ``findings.vs_blog`` table: our mean with 95% CI next to the
+    blog's number, for test accuracy and for the generalization gap."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    xs = np.arange(len(table))
+    ours_c, blog_c = sns.color_palette(n_colors=2)
+    for ax, col, label in ((axes[0], "test_acc", "test accuracy (%)"),
+                           (axes[1], "gap", "generalization gap, train − test (pp)")):
+        ours = 100 * table[col].to_numpy(dtype=float)
+        ax.bar(xs - 0.2, np.nan_to_num(ours), 0.4, color=ours_c, label="ours (mean, 95% CI)",
+               yerr=100 * table[f"{col}_ci"].fillna(0).to_numpy(dtype=float), capsize=4)
+        ax.bar(xs + 0.2, 100 * table[f"blog_{col}"], 0.4, color=blog_c, label="blog")
+        for i, r in table.reset_index(drop=True).iterrows():
+            note = "" if np.isfinite(ours[i]) else "no finished run"
+            if r.get("diverged", 0) and np.isfinite(r.get("diverged", 0)):
+                note = f"{int(r['diverged'])} diverged " + note
+            if note:
+                ax.annotate(note, (i - 0.2, 0), textcoords="offset points", xytext=(0, 4),
+                            fontsize=7, color="crimson", ha="center", rotation=90)
+        labels = [f"{a}\n(ours: {int(e)} ep)" if np.isfinite(e) else a
+                  for a, e in zip(table["arm"], table["epochs"].astype(float))]
+        ax.set_xticks(xs, labels, fontsize=8)
+        ax.set_ylabel(label)
+    axes[0].set_ylim(0, 100)
+    axes[0].legend(fontsize=8, loc="lower right")
+    stamp(fig, meta)
+    return fig
+
+
+def rho_curves(acc: pd.DataFrame, sgd: pd.DataFrame, best: pd.DataFrame, meta: dict,
+               hue: str = "width", y: str = "mean"):
+    """SAM accuracy vs rho (log x), one line per ``hue`` with its 95% CI; that width's SGD
+    accuracy as a dashed line of the same colour; a star at the best rho (rho*)."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    names = sorted(acc[hue].unique())
+    palette = dict(zip(names, sns.color_palette(n_colors=max(1, len(names)))))
+    for name, g in acc.groupby(hue, sort=True):
+        g = g.sort_values("rho")
+        color = palette[name]
+        ax.errorbar(g["rho"], 100 * g[y], yerr=100 * g["ci95"].fillna(0), marker="o",
+                    capsize=3, color=color, label=f"SAM, {hue}={name}")
+        _mark_diverged_scaled(ax, g, "rho", y, 100)
+        base = sgd[sgd[hue] == name]
+        if len(base) and np.isfinite(base[y].iloc[0]):
+            m, c = 100 * base[y].iloc[0], 100 * np.nan_to_num(base["ci95"].iloc[0])
+            ax.axhline(m, color=color, ls="--", lw=1.2)
+            ax.axhspan(m - c, m + c, color=color, alpha=0.08, lw=0)
+        star = best[best[hue] == name]
+        if len(star):
+            ax.plot(star["rho"], 100 * star[y], marker="*", ms=16, color=color,
+                    markeredgecolor="black", ls="none")
+    _clip_low(ax, acc, "rho", y, floor=100 * sgd[y].min() - 10)
+    ax.plot([], [], color="0.3", ls="--", label="SGD (same width)")
+    ax.plot([], [], marker="*", ms=12, color="0.6", markeredgecolor="black", ls="none",
+            label="best rho (ρ*)")
+    ax.set_xscale("log")
+    ticks = sorted(acc["rho"].unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("SAM perturbation radius ρ")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("SAM accuracy vs ρ per width (dashed: SGD)")
+    ax.legend(fontsize=8, loc="lower left")
+    stamp(fig, meta)
+    return fig
+
+
+def _clip_low(ax, table, x, y, floor):
+    """Keep the y-axis on the interesting range: points more than 10 pp below the baseline
+    are drawn at the bottom edge, labelled with their value."""
+    if not np.isfinite(floor):
+        return
+    low = table[100 * table[y] < floor]
+    if low.empty:
+        return
+    ax.set_ylim(bottom=floor)
+    for _, row in low.iterrows():
+        ax.annotate(f"↓ {100 * row[y]:.1f}%", (row[x], floor), textcoords="offset points",
+                    xytext=(0, 3), fontsize=7, ha="center", color="0.2")
+
+
+def variants(table: pd.DataFrame, label: str, meta: dict, y: str = "gain",
+             xlabel: str = "SAM − SGD test accuracy (pp)", title: str | None = None):
+    """One point with its 95% CI per row (e.g. per model variant), labelled by the format
+    string ``label`` filled from the row (e.g. "{tag} · width {width}"), plus its diverged
+    count; a dashed line at 0."""
+    t = table.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.0, 1.4 + 0.6 * len(t)))
+    ys = np.arange(len(t))[::-1]
+    ax.errorbar(100 * t[y], ys, xerr=100 * t["ci95"].fillna(0), fmt="o", capsize=4,
+                color=sns.color_palette(n_colors=1)[0])
+    names = [label.format(**{k: _fmt_value(v) for k, v in r.items()}) for _, r in t.iterrows()]
+    if "diverged" in t:
+        names = [n + (f"\n{int(d)} diverged" if d else "") for n, d in zip(names, t["diverged"])]
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.set_ylim(-0.6, len(t) - 0.4)
+    ax.axvline(0, color="0.3", lw=0.8, ls="--")
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    stamp(fig, meta)
+    return fig
+
+
+def _fmt_value(v):
+    if isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer()):
+        return f"{int(v):,}"
+    return v
+
+
+def acc_and_gain(acc: pd.DataFrame, gain: pd.DataFrame, x: str, hue: str, meta: dict,
+                 gain_hue: str | None = None, xlabel: str | None = None,
+                 gain_label: str = "SAM − SGD test accuracy (pp)"):
+    """Two panels: accuracy (mean, 95% CI) vs ``x`` per ``hue``; a gain table vs ``x``
+    (per ``gain_hue``) with its CIs and a zero line."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    mean_vs(acc, x, None, hue=hue, ax=axes[0], xlabel=xlabel, title="test accuracy")
+    groups = [(None, gain)] if gain_hue is None else list(gain.groupby(gain_hue, sort=True))
+    for color, (name, g) in zip(sns.color_palette("dark", n_colors=max(1, len(groups))),
+                                groups):
+        g = g.sort_values(x)
+        axes[1].errorbar(g[x], 100 * g["gain"], yerr=100 * g["ci95"].fillna(0), marker="o",
+                         capsize=3, color=color, label=name)
+        _mark_diverged_scaled(axes[1], g, x, "gain", 100)
+    axes[1].axhline(0, color="0.3", lw=0.8, ls="--")
+    axes[1].set_xscale("log")
+    axes[1].xaxis.set_minor_formatter(plt.NullFormatter())
+    axes[1].set_xlabel(xlabel or x)
+    axes[1].set_ylabel(gain_label)
+    axes[1].set_title("paired difference (same seed)")
+    if gain_hue is not None:
+        axes[1].legend(fontsize=8)
+    stamp(fig, meta)
+    return fig
+
+
+def hessian_panels(summary: pd.DataFrame, meta: dict, metrics: dict, x: str = "params",
+                   hue: str = "optimizer", logy: bool = True):
+    """One panel per Hessian measure (``metrics``: column -> axis label) of a
+    ``findings.summarize_many`` table: mean with 95% CI vs ``x`` per ``hue``."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4.0))
+    for ax, (metric, label) in zip(np.atleast_1d(axes), metrics.items()):
+        t = summary[summary["metric"] == metric]
+        positive = bool((t["mean"].dropna() > 0).all())
+        mean_vs(t, x, None, hue=hue, ax=ax, ylabel=label, percent=False,
+                logy=logy and positive, xlabel="parameters", title=label)
+    stamp(fig, meta)
+    return fig
+
+
+def functions_grid(curves: pd.DataFrame, points: tuple, meta: dict,
+                   row: str = "width", col: str = "optimizer", line: str = "seed",
+                   notes: pd.DataFrame | None = None, note: str = "slope_tv"):
+    """Learned 1-D functions (long table: x, y and the ``row``/``col``/``line`` columns): one
+    panel per (row, col), one line per ``line`` value, the training ``points`` (xs, ys) as
+    dots. ``notes``: a summary table (mean, ci95 per row/col) printed in each panel."""
+    rows, cols = sorted(curves[row].unique()), sorted(curves[col].unique())
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols) + 0.5,
+                                                            2.4 * len(rows) + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    lo, hi = min(points[1]), max(points[1])
+    pad = 0.6 * (hi - lo)
+    for (i, r), (j, c) in ((ic, jc) for ic in enumerate(rows) for jc in enumerate(cols)):
+        ax = axes[i][j]
+        g = curves[(curves[row] == r) & (curves[col] == c)]
+        for k, (name, s) in enumerate(g.groupby(line, sort=True)):
+            ax.plot(s["x"], s["y"], lw=1.3, color=sns.color_palette(n_colors=8)[k % 8],
+                    label=f"{line} {name}")
+        ax.scatter(points[0], points[1], s=14, color="black", zorder=3)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(f"{col} {str(c).upper()} · {row} {r}", fontsize=9)
+        if notes is not None:
+            n = notes[(notes[row] == r) & (notes[col] == c)]
+            if len(n):
+                txt = f"{note} {n['mean'].iloc[0]:.3g}"
+                if np.isfinite(n["ci95"].iloc[0]):
+                    txt += f" ± {n['ci95'].iloc[0]:.2g}"
+                if n.get("diverged", pd.Series([0])).iloc[0]:
+                    txt += f"\n{int(n['diverged'].iloc[0])} diverged"
+                ax.text(0.02, 0.97, txt, transform=ax.transAxes, fontsize=7, va="top")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    stamp(fig, meta)
+    return fig
+
+
+def step_ratios(bench: pd.DataFrame, provenance: list[dict]):
+    """SAM/SGD and reference-SAM/SGD step-time ratios per configuration, floor 2.0 marked."""
+    if bench.empty:
+        fig, ax = plt.subplots(figsize=(7.5, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no benchmark results under results/bench/ yet", ha="center")
+        return fig
+    d = bench[bench["variant"] != "sgd"].copy()
+    d["config"] = d["model"] + " b" + d["batch"].astype(str) + " " + d["mode"]
+    d["variant"] = d["variant"].map({"sam": "samkit SAM", "ref_sam": "reference SAM"})
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * d["config"].nunique() + 1.8))
+    sns.barplot(d, y="config", x="ratio_to_sgd", hue="variant", ax=ax, orient="h")
+    ax.axvline(2.0, color="0.2", ls="--", lw=1)
+    ax.axvline(2.05, color="crimson", ls=":", lw=1)
+    ax.set_xlabel("step time / SGD step time (floor 2.0, target 2.05)")
+    ax.set_ylabel("")
+    devices = "; ".join(sorted({f"{p['device']}, torch {p['torch']}, {p['date'][:10]}"
+                                for p in provenance}))
+    fig.text(0.01, 0.005, f"device: {devices}", fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig

@@ -118,3 +118,43 @@ def table(df: pd.DataFrame, percent=(), rename: dict | None = None):
     if rename:
         out = out.rename(columns={f"{k} (%)": f"{v} (%)" for k, v in rename.items()})
     return out.style.hide(axis="index").format(precision=2)
+
+
+def load_benchmarks(folder: str = "results/bench") -> tuple[pd.DataFrame, list[dict]]:
+    """Every step-time benchmark JSON in ``folder`` as one tidy table (one row per device ×
+    model × batch × mode × variant), plus each file's provenance."""
+    rows, provs = [], []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not (name.startswith("step_time") and name.endswith(".json")):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            bench = json.load(f)
+        prov = bench["provenance"]
+        provs.append(prov)
+        for r in bench["results"]:
+            if "error" in r:
+                continue
+            for variant in ("sgd", "sam", "ref_sam"):
+                rows.append({"device": prov["device"], "model": r["model"], "batch": r["batch"],
+                             "mode": r["mode"], "variant": variant,
+                             "median_ms": r[variant]["median_ms"],
+                             "img_per_s": r[variant]["img_per_s"],
+                             "ratio_to_sgd": r[variant]["median_ms"] / r["sgd"]["median_ms"],
+                             "speedup_vs_ref": r["ref_sam"]["median_ms"] / r[variant]["median_ms"]})
+    cols = ["device", "model", "batch", "mode", "variant", "median_ms", "img_per_s",
+            "ratio_to_sgd", "speedup_vs_ref"]
+    return pd.DataFrame(rows, columns=cols), provs
+
+
+def benchmark_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: median ms of each variant, SAM/SGD, ref/SGD, speed-up."""
+    cols = ["device", "model", "batch", "mode", "sgd", "sam", "ref_sam", "SAM/SGD", "ref/SGD",
+            "samkit speed-up vs ref"]
+    if bench.empty:
+        return pd.DataFrame(columns=cols)
+    t = bench.pivot_table(index=["device", "model", "batch", "mode"], columns="variant",
+                          values="median_ms").reset_index()
+    t["SAM/SGD"] = t["sam"] / t["sgd"]
+    t["ref/SGD"] = t["ref_sam"] / t["sgd"]
+    t["samkit speed-up vs ref"] = t["ref_sam"] / t["sam"]
+    return t[cols]

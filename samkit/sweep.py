@@ -186,3 +186,27 @@ def _tuple(keys):
 
 def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+# ----------------------------------------------------------------------------- stored results
+
+def load_result(key: str, cache: str = "results/runs") -> dict:
+    """The full stored result of one run (``key`` column of ``run``'s table): history, probe,
+    hessian, provenance — what the flat row leaves out."""
+    with open(os.path.join(cache, f"{key}.json")) as f:
+        return json.load(f)
+
+
+def probes(runs: pd.DataFrame, cache: str = "results/runs",
+           keep: tuple = ("width", "optimizer", "seed", "status")) -> pd.DataFrame:
+    """The learned functions of toy-1D runs as one long table (key, ``keep`` columns, x, y):
+    each run's ``probe`` (its output on a fixed grid) read from its cached result. Runs
+    without a probe (diverged, or not a 1-D regression) contribute no rows."""
+    frames = []
+    for _, row in runs.iterrows():
+        probe = load_result(row["key"], cache).get("probe")
+        if probe:
+            frames.append(pd.DataFrame({"key": row["key"], **{c: row[c] for c in keep},
+                                        "x": probe["x"], "y": probe["y"]}))
+    cols = ["key", *keep, "x", "y"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

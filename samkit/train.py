@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 128
     epochs: int = 10
+    eval_every: int = 1          # evaluate + checkpoint every k epochs (and at the last one)
     schedule: str = "step"       # step: ×0.1 at 50% and 75% of the epochs
     loss: str = "auto"           # auto: cross-entropy for classes, MSE for regression
     early_stopping: bool = True  # report the epoch of best validation accuracy (needs n_val)
@@ -82,7 +83,7 @@ class TrainConfig:
 
 _CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE}
-_POSITIVE = ("width", "depth", "lr", "batch_size", "epochs")
+_POSITIVE = ("width", "depth", "lr", "batch_size", "epochs", "eval_every")
 _NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "momentum", "weight_decay", "seed",
                  "data_seed", "hessian_samples", "prune_to_width")
 _UNIT = ("label_noise", "sparsity")  # rates in [0, 1)
@@ -151,8 +152,15 @@ def _loss_fn(cfg, task):
     if kind == "ce":
         return F.cross_entropy
     if task == "classification":  # MSE on one-hot targets (the paper's Hessian setting)
-        return lambda out, y: F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+        return _mse_one_hot
     return F.mse_loss
+
+
+def _mse_one_hot(out, y):
+    # One-hot by comparison, not F.one_hot: that fails under vmap and forward-mode AD, which
+    # the Hessian measures use ("ZeroTensors are immutable", pytorch#123996).
+    target = (y[:, None] == torch.arange(out.shape[1], device=y.device)).to(out.dtype)
+    return ((out - target) ** 2).mean()
 
 
 def _make_optimizer(cfg, model):
@@ -340,10 +348,15 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
         start, status = resumed["epoch"], resumed["status"]
     progress = _progress(cfg, len(data.x_train), quiet, start)
+    loss_sum = 0.0
     for epoch in range(start if status == "ok" else cfg.epochs, cfg.epochs):
-        loss_sum = train_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
-        train_loss = float(loss_sum) / len(data.x_train)  # one host sync per epoch
+        loss_sum = loss_sum + train_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
         sched.step()
+        if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.epochs:
+            continue  # NaN/inf persists in the running sum, so the next check still sees it
+        epochs_summed = (epoch + 1 - start) if not history else (epoch + 1 - history[-1]["epoch"])
+        train_loss = float(loss_sum) / (len(data.x_train) * epochs_summed)  # one host sync
+        loss_sum = 0.0
         if not math.isfinite(train_loss):
             status = "diverged"
             history.append({"epoch": epoch + 1, "train_loss_running": train_loss})
