@@ -124,12 +124,22 @@ class SAM(Optimizer):
         self._perturbed = []
         for group, ps, gs, t in groups:
             saved = [self._saved_weights(p) for p in ps]
-            torch._foreach_copy_(saved, ps)
             eps = gs if t is None else torch._foreach_mul(t, gs)  # ASAM: T·(T·g)
             if grad_scaler is not None:
                 eps = [torch.nan_to_num(e, nan=0.0, posinf=0.0, neginf=0.0) for e in eps]
-            _foreach_scale_add_(ps, eps, group["rho"] * inv)
-            self._perturbed.append((ps, saved))
+            scale = group["rho"] * inv
+            if _all_on_cpu(ps, scale):
+                # Write w + ε into the spare buffer and swap storages: w itself is kept, no
+                # copy made (two full weight copies are ~4% of a small model's CPU step).
+                for p, buf, e in zip(ps, saved, eps):
+                    torch.addcmul(p.data, e, scale, out=buf)
+                    p.data, self.state[p]["w"] = buf, p.data
+                self._perturbed.append((ps, None))
+            else:
+                # On an accelerator: copy, so every tensor keeps its address (CUDA graphs).
+                torch._foreach_copy_(saved, ps)
+                _foreach_scale_add_(ps, eps, scale)
+                self._perturbed.append((ps, saved))
         if zero_grad:
             self.zero_grad()
 
@@ -144,7 +154,11 @@ class SAM(Optimizer):
     def restore(self):
         """Put back the weights saved by ``first_step`` (exactly: a copy, not w + ε - ε)."""
         for ps, saved in getattr(self, "_perturbed", ()):
-            torch._foreach_copy_(ps, saved)
+            if saved is None:  # CPU: swap the kept storage back; the other is next step's spare
+                for p in ps:
+                    p.data, self.state[p]["w"] = self.state[p]["w"], p.data
+            else:
+                torch._foreach_copy_(ps, saved)
         self._perturbed = []
 
     @torch.no_grad()
@@ -199,6 +213,10 @@ class SAM(Optimizer):
 
     def __repr__(self):
         return f"SAM({self.base_optimizer!r})"
+
+
+def _all_on_cpu(params, scale):
+    return scale.device.type == "cpu" and all(p.device.type == "cpu" for p in params)
 
 
 def _foreach_scale_add_(params, directions, scale):
