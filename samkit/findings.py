@@ -31,12 +31,11 @@ def trend(table: pd.DataFrame, x: str, y: str = "gain") -> dict:
                 "last": pp(np.nan), "n_points": len(t)}
     r = float(stats.spearmanr(t[x], t[y]).statistic) if t[y].nunique() > 1 else 0.0
     first, last = t.iloc[0], t.iloc[-1]
-    last_lo = last[y] - np.nan_to_num(last.get("ci95", np.nan), nan=np.inf)
-    first_hi = first[y] + np.nan_to_num(first.get("ci95", np.nan), nan=np.inf)
-    last_hi = last[y] + np.nan_to_num(last.get("ci95", np.nan), nan=np.inf)
-    if r >= 0.5 and last[y] > first[y] and last_lo > 0:
+    half = np.nan_to_num(last.get("ci95", np.nan), nan=np.inf)  # one seed: no CI, no claim
+    # A verdict needs a monotone trend AND a gain at the largest size whose 95% CI excludes 0.
+    if r >= 0.5 and last[y] > first[y] and last[y] - half > 0:
         verdict = "supports"
-    elif r <= -0.5 and last[y] < first[y] and last_hi < first_hi:
+    elif r <= -0.5 and last[y] < first[y] and last[y] + half < 0:
         verdict = "contradicts"
     else:
         verdict = "does not clearly support"

@@ -310,3 +310,27 @@ def step_ratios(bench: pd.DataFrame, provenance: list[dict]):
     fig.text(0.01, 0.005, f"device: {devices}", fontsize=7, color="0.4")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
+
+
+def verdicts(book: dict):
+    """Per study, how many of its verdicts support, contradict or cannot tell the claim."""
+    rows = []
+    for _, r in book["table"].iterrows():
+        for item in str(r["verdict(s)"]).split("; "):
+            v = item.split(": ")[-1].strip()
+            kind = ("supports" if v == "supports" else "contradicts" if v == "contradicts"
+                    else "unclear / cannot test")
+            rows.append({"study": r["study"], "verdict": kind})
+    d = pd.DataFrame(rows, columns=["study", "verdict"])
+    counts = d.value_counts(["study", "verdict"]).unstack(fill_value=0)
+    order = ["supports", "contradicts", "unclear / cannot test"]
+    counts = counts.reindex(columns=order, fill_value=0).reindex(book["table"]["study"])
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(counts) + 1.6))
+    counts.plot.barh(stacked=True, ax=ax, color=["#2a9d8f", "#e76f51", "#bbbbbb"], width=0.7)
+    ax.invert_yaxis()
+    ax.set_xlabel("number of verdicts")
+    ax.set_ylabel("")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("What our runs say about each claim")
+    stamp(fig, book)
+    return fig

@@ -3,8 +3,10 @@ studies, the book builds with warnings as errors, and a real browser renders its
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -68,19 +70,34 @@ def test_book_has_every_page_with_figures_and_provenance(built_book):
             [f"studies/{s}.html" for s in params.STUDIES]
     for page in pages:
         html = (built_book / page).read_text()
-        assert "Traceback" not in html and "Error" not in html.split("<body")[-1][:0]
+        assert "Traceback" not in html, f"{page} shows an error output"
         if page.startswith("studies/"):
             assert "<img" in html, f"{page} has no figure"
             assert "profile " in html and "commit " in html, f"{page} has no provenance"
 
 
 def _screenshot(url, out):
+    """Headless Chromium screenshot. Chromium may linger after writing the file (no D-Bus in a
+    container), so wait for the file, then stop the browser."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("needs chromium (apt-get install chromium)")
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                    "--hide-scrollbars", "--window-size=1280,2400",
-                    f"--screenshot={out}", url], capture_output=True, timeout=120)
+    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--hide-scrollbars",
+                             "--window-size=1280,2400", f"--screenshot={out}", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline, last = time.time() + 120, -1
+    while time.time() < deadline and proc.poll() is None:
+        size = out.stat().st_size if out.exists() else -1
+        if size > 0 and size == last:
+            break
+        last = size
+        time.sleep(1)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert out.exists(), "chromium wrote no screenshot"
     return out
 
 
