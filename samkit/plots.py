@@ -31,17 +31,7 @@ def gain_vs(table: pd.DataFrame, x: str, meta: dict, hue: str | None = None,
                     color=color, label=None if hue is None else f"{hue}={name}")
         _mark_diverged(ax, g, x, y)
     ax.axhline(0, color="0.3", lw=0.8, ls="--")
-    if logx:
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # crowded minor labels overlap
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if hue is not None:
-        ax.legend(fontsize=8)
-    stamp(fig, meta)
-    return fig
+    return _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, False, hue is not None)
 
 
 def _mark_diverged(ax, g, x, y):
@@ -78,6 +68,11 @@ def mean_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = No
                     capsize=3, color=color, ls="--" if dashes else "-",
                     label=None if hue is None else f"{hue}={name}")
         _mark_diverged_scaled(ax, g, x, y, scale)
+    return _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, logy, hue is not None)
+
+
+def _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, logy, legend):
+    """Axis scales, labels, title, legend and the provenance stamp shared by line plots."""
     if logx:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())  # crowded minor labels overlap
@@ -87,7 +82,7 @@ def mean_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = No
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if hue is not None:
+    if legend:
         ax.legend(fontsize=8)
     if meta is not None:
         stamp(fig, meta)

@@ -2,6 +2,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -33,3 +34,12 @@ def copy_repo_files(dst, *names):
     for n in names:
         src = os.path.join(here, n)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(dst, n))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds contention (10x slower on a busy box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,13 +8,7 @@ from torch import nn
 from samkit.models import MLP, PreActResNet18, build_model, count_params, one_hidden_relu
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention (10x slower on a busy box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _expected_preact18(w, in_ch, classes):
