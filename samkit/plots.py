@@ -29,17 +29,9 @@ def gain_vs(table: pd.DataFrame, x: str, meta: dict, hue: str | None = None,
         g = g.sort_values(x)
         ax.errorbar(g[x], 100 * g[y], yerr=100 * g["ci95"].fillna(0), marker="o", capsize=3,
                     color=color, label=None if hue is None else f"{hue}={name}")
-        _mark_diverged(ax, g, x, y)
+        _mark_diverged(ax, g, x, y, 100)
     ax.axhline(0, color="0.3", lw=0.8, ls="--")
     return _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, False, hue is not None)
-
-
-def _mark_diverged(ax, g, x, y):
-    bad = g[g.get("diverged", 0) > 0] if "diverged" in g else g.iloc[0:0]
-    for _, row in bad.iterrows():
-        ax.annotate(f"{int(row['diverged'])} diverged", (row[x], 100 * np.nan_to_num(row[y])),
-                    textcoords="offset points", xytext=(0, 8), fontsize=7, color="crimson",
-                    ha="center")
 
 
 def _fig(ax, size=(6.4, 4.0)):
@@ -67,7 +59,7 @@ def mean_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = No
         ax.errorbar(g[x], scale * g[y], yerr=scale * g["ci95"].fillna(0), marker="o",
                     capsize=3, color=color, ls="--" if dashes else "-",
                     label=None if hue is None else f"{hue}={name}")
-        _mark_diverged_scaled(ax, g, x, y, scale)
+        _mark_diverged(ax, g, x, y, scale)
     return _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, logy, hue is not None)
 
 
@@ -89,7 +81,7 @@ def _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, logy, legend):
     return fig
 
 
-def _mark_diverged_scaled(ax, g, x, y, scale):
+def _mark_diverged(ax, g, x, y, scale):
     if "diverged" not in g:
         return
     for _, row in g[g["diverged"] > 0].iterrows():
@@ -140,7 +132,7 @@ def rho_curves(acc: pd.DataFrame, sgd: pd.DataFrame, best: pd.DataFrame, meta: d
         color = palette[name]
         ax.errorbar(g["rho"], 100 * g[y], yerr=100 * g["ci95"].fillna(0), marker="o",
                     capsize=3, color=color, label=f"SAM, {hue}={name}")
-        _mark_diverged_scaled(ax, g, "rho", y, 100)
+        _mark_diverged(ax, g, "rho", y, 100)
         base = sgd[sgd[hue] == name]
         if len(base) and np.isfinite(base[y].iloc[0]):
             m, c = 100 * base[y].iloc[0], 100 * np.nan_to_num(base["ci95"].iloc[0])
@@ -222,7 +214,7 @@ def acc_and_gain(acc: pd.DataFrame, gain: pd.DataFrame, x: str, hue: str, meta: 
         g = g.sort_values(x)
         axes[1].errorbar(g[x], 100 * g["gain"], yerr=100 * g["ci95"].fillna(0), marker="o",
                          capsize=3, color=color, label=name)
-        _mark_diverged_scaled(axes[1], g, x, "gain", 100)
+        _mark_diverged(axes[1], g, x, "gain", 100)
     axes[1].axhline(0, color="0.3", lw=0.8, ls="--")
     axes[1].set_xscale("log")
     axes[1].xaxis.set_minor_formatter(plt.NullFormatter())

@@ -7,7 +7,6 @@ cache from training the same run twice.
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -182,10 +181,6 @@ def _select(df, where: dict) -> pd.DataFrame:
 
 def _tuple(keys):
     return keys if isinstance(keys, tuple) else (keys,)
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 # ----------------------------------------------------------------------------- stored results

@@ -354,7 +354,7 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
         sched.step()
         if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.epochs:
             continue  # NaN/inf persists in the running sum, so the next check still sees it
-        epochs_summed = (epoch + 1 - start) if not history else (epoch + 1 - history[-1]["epoch"])
+        epochs_summed = epoch + 1 - (history[-1]["epoch"] if history else 0)  # since last eval
         train_loss = float(loss_sum) / (len(data.x_train) * epochs_summed)  # one host sync
         loss_sum = 0.0
         if not math.isfinite(train_loss):
