@@ -112,14 +112,29 @@ def cmd_stage(args, parser):
     try:
         papermill.execute_notebook(src, tmp, parameters=parameters, kernel_name="python3",
                                    cwd=".", progress_bar=False, log_output=args.verbose)
+        _hide_default_parameters(tmp)
+        os.replace(tmp, out)
     except papermill.PapermillExecutionError as e:
-        os.remove(tmp)  # keep the previous executed notebook, not a failed one
         print(f"error: {args.study}: notebook failed in cell {e.exec_count}: {e.ename}: "
               f"{e.evalue}", file=sys.stderr)
         return 1
-    os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # keep the previous executed notebook, not a failed one
     print(f"{args.study}: {out} in {time.time() - t0:.0f} s")
     return 0
+
+
+def _hide_default_parameters(path):
+    """The book shows papermill's injected cell (the values used); the notebook's own defaults
+    cell (a tiny smoke test) would only mislead there, so Jupyter Book is told to drop it."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, path)
 
 
 # Pages that are not studies: the front page (all studies' verdicts) and the benchmarks.

@@ -224,20 +224,23 @@ def _ensure_files(name: str, root: Path, download: bool) -> Path:
         try:
             _torchvision_download(name, root)
         except Exception as e:  # torchvision raises many types (URLError, RuntimeError, ...)
-            raise RuntimeError(f"{name}: download failed ({e}). {_where_to_put(name, raw)}") from e
+            raise RuntimeError(f"{name}: download failed ({e}). "
+                               + _where_to_put(name, raw, download)) from e
     if _missing(name, raw):
         raise FileNotFoundError(f"{name}: missing {', '.join(_missing(name, raw))}. "
-                                + _where_to_put(name, raw))
+                                + _where_to_put(name, raw, download))
     return raw
 
 
-def _where_to_put(name: str, raw: Path) -> str:
+def _where_to_put(name: str, raw: Path, download: bool) -> str:
     hint = (f"Put the uncompressed files {', '.join(_sums(name))} in {raw}"
             if name != "cifar10" else
             f"Extract cifar-10-python.tar.gz so that {raw} holds {', '.join(CIFAR10_FILES)}")
     if name == "fashion_mnist":
         hint += " (or `apt-get install dataset-fashion-mnist`)"
-    return hint + ", or rerun with download=True and network access."
+    # the CLI and the pipeline always allow the download: only API users can turn it off
+    return hint + (", or rerun with network access so torchvision can download it." if download
+                   else ", or call with download=True on a machine with network access.")
 
 
 def _gunzip(src: Path, dst: Path) -> None:
@@ -268,9 +271,9 @@ def _read_verified(path: Path, expected: str, name: str) -> bytearray:
     got = hashlib.new(algo, data, usedforsecurity=False).hexdigest()
     if got != expected:
         fix = ("it is restored from /usr/share/datasets/fashion-mnist if the Debian package is "
-               "installed (`apt-get install dataset-fashion-mnist`), or downloaded by torchvision "
-               "with download=True" if name == "fashion_mnist"
-               else "torchvision downloads it again with download=True")
+               "installed (`apt-get install dataset-fashion-mnist`), or else downloaded by "
+               "torchvision (needs network access)" if name == "fashion_mnist"
+               else "torchvision downloads it again (needs network access)")
         raise RuntimeError(f"{name}: corrupt file {path} ({algo} {got}, expected {expected}). "
                            f"Delete it and rerun: {fix}.")
     return data

@@ -9,13 +9,21 @@ import subprocess
 import torch
 
 
+# ":(top)" makes the paths relative to the repository root wherever the process runs.
+CODE_PATHS = tuple(f":(top){p}" for p in ("samkit", "notebooks", "benchmarks", "pyproject.toml",
+                                          "requirements.lock"))
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # Only code counts: the pipeline itself rewrites tracked results and notebooks, and the
+        # params a result used are recorded beside it.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], capture_output=True, text=True, timeout=10
+                               ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -23,7 +23,7 @@ BLOG_TABLE = pd.DataFrame([
 
 RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
                "sparsity", "prune_to_width", "weight_decay", "early_stopping", "epochs", "seed",
-               "status", "diverged_epoch", "params", "nonzero_params", "seconds", "cached")
+               "status", "diverged_epoch", "params", "nonzero_params", "seconds", "train_seconds", "cached")
 
 
 class Timer:
@@ -50,7 +50,7 @@ def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.Data
         "seeds": sorted({int(s) for s in runs["seed"]}) if "seed" in runs else [],
         "n_runs": len(runs), "n_diverged": int((runs["status"] == "diverged").sum()),
         "n_cached": int(runs["cached"].sum()) if "cached" in runs else 0,
-        "train_seconds": float(runs["seconds"].sum()), "wall_seconds": seconds,
+        "run_seconds": float(runs["seconds"].sum()), "wall_seconds": seconds,
         "provenance": provenance(),
     }
     write_json_atomic(os.path.join(out, "metrics.json"), meta)

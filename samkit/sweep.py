@@ -8,6 +8,7 @@ cache from training the same run twice.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import itertools
 import json
@@ -75,6 +76,9 @@ def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True) -> dict:
     key = run_key(cfg)
     path = os.path.join(cache, f"{key}.json")
     with _locked(path + ".lock"):
+        # Under the lock no live writer of this key exists: a temp file is a killed one's debris.
+        for debris in glob.glob(os.path.join(cache, f"{key}.*.tmp.*")):
+            os.remove(debris)
         if os.path.exists(path):
             with open(path) as f:
                 result = json.load(f)
@@ -115,6 +119,7 @@ def to_row(result: dict) -> dict:
     row = {**result["config"], "status": result["status"],
            "diverged_epoch": result.get("diverged_epoch"), "params": result["params"],
            "nonzero_params": result["nonzero_params"], "seconds": result["seconds"],
+           "train_seconds": result.get("train_seconds"),
            "key": result.get("key"), "cached": result.get("cached")}
     for prefix in ("final", "best"):
         for k, v in result.get(prefix, {}).items():

@@ -347,15 +347,20 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
     if resumed:
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
         start, status = resumed["epoch"], resumed["status"]
+    # training-only time (no data loading, evaluation or checkpoints), summed across resumes
+    train_seconds = resumed.get("train_seconds", 0.0) if resumed else 0.0
     progress = _progress(cfg, len(data.x_train), quiet, start)
     loss_sum = 0.0
     for epoch in range(start if status == "ok" else cfg.epochs, cfg.epochs):
+        tick = time.perf_counter()
         loss_sum = loss_sum + train_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
         sched.step()
         if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.epochs:
+            train_seconds += time.perf_counter() - tick  # queued GPU work drains in a later tick
             continue  # NaN/inf persists in the running sum, so the next check still sees it
         epochs_summed = epoch + 1 - (history[-1]["epoch"] if history else 0)  # since last eval
         train_loss = float(loss_sum) / (len(data.x_train) * epochs_summed)  # one host sync
+        train_seconds += time.perf_counter() - tick
         loss_sum = 0.0
         if not math.isfinite(train_loss):
             status = "diverged"
@@ -375,13 +380,13 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
                 "config": cfg.key_dict(), "epoch": epoch + 1, "status": status,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "best": best,
-                "best_state": best_state})
+                "best_state": best_state, "train_seconds": train_seconds})
         if status == "diverged":
             break
     if progress is not None:
         progress.close()
-    result = _result(cfg, model, data, history, best, status, time.time() - t0, loss_fn,
-                     best_state)
+    result = _result(cfg, model, data, history, best, status, loss_fn, best_state)
+    result.update(seconds=time.time() - t0, train_seconds=train_seconds)
     return (result, model) if return_model else result
 
 
@@ -393,7 +398,7 @@ def _is_better(cfg, m, best):
     return best is None or sign * m[key] > sign * best[key]
 
 
-def _result(cfg, model, data, history, best, status, seconds, loss_fn, best_state):
+def _result(cfg, model, data, history, best, status, loss_fn, best_state):
     final = history[-1] if history and status == "ok" else {}
     if status == "diverged":
         best = {}
@@ -402,7 +407,7 @@ def _result(cfg, model, data, history, best, status, seconds, loss_fn, best_stat
         "diverged_epoch": history[-1]["epoch"] if status == "diverged" else None,
         "params": count_params(model), "nonzero_params": count_params(model, nonzero=True),
         "final": final, "best": best or {}, "history": history,
-        "n_flipped": int(len(data.noisy_idx)), "seconds": seconds,
+        "n_flipped": int(len(data.noisy_idx)),
     }
     if status == "ok" and best_state is not None:
         model.load_state_dict(best_state)  # the reported (early-stopped) model

@@ -36,3 +36,17 @@ def test_bad_flag_value_is_one_line_and_exit_2():
     assert "optimizer: got 'adamw'; allowed: sgd, sam, asam" in r.stderr.splitlines()[-1]
     r = samkit("train", "--rho", "-1")
     assert r.returncode == 2 and "rho: got -1.0; allowed: a number >= 0" in r.stderr
+
+
+def test_book_copy_drops_the_defaults_cell_and_keeps_the_injected_values(tmp_path):
+    import nbformat
+    from samkit.__main__ import _hide_default_parameters
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('profile = "tiny"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print(profile)")])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    _hide_default_parameters(path)
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(path, as_version=4).cells]
+    assert tags == [["parameters", "remove-cell"], ["injected-parameters"], []]

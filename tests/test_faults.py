@@ -134,7 +134,7 @@ def sweep_main(cache):
     t0 = time.time()
     df = sweep.run(configs, cache=cache, progress=False)
     cached = {k: bool(c) for k, c in zip(df["key"], df["cached"])}
-    rows = df.drop(columns=["seconds", "cached"]).to_dict(orient="records")
+    rows = df.drop(columns=["seconds", "train_seconds", "cached"]).to_dict(orient="records")
     out = {"rows": rows, "cached": cached, "seconds": time.time() - t0}
     print("RESULT " + json.dumps(out, sort_keys=True, default=lambda o: o.item()), flush=True)
 
@@ -311,7 +311,8 @@ def stored(cache):
         if f.endswith(".json"):
             with open(os.path.join(cache, f)) as fh:
                 r = json.load(fh)
-            out[f] = {k: v for k, v in r.items() if k not in ("seconds", "provenance")}
+            out[f] = {k: v for k, v in r.items()
+                      if k not in ("seconds", "train_seconds", "provenance")}
     return out
 
 
@@ -366,6 +367,7 @@ def test_sigkill_anywhere_loses_nothing_and_matches_an_uninterrupted_sweep(serve
     now = check_cache(cache)
     assert all(now.get(f) == v for f, v in done.items())
     assert not [f for f in os.listdir(cache) if f.endswith(".ckpt")]  # removed on success
+    assert not [f for f in os.listdir(cache) if ".tmp." in f]  # killed writers' debris too
 
 
 # ------------------------------------------------------------------------- 2. bad params

@@ -1,13 +1,14 @@
 """Grid expansion, the run cache, and the statistics against scipy/numpy references."""
 import json
 import os
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from samkit import sweep
+from samkit import provenance, sweep
 from samkit.train import TrainConfig
 
 TINY = dict(dataset="synthetic", n_train=64, model="mlp", width=8, epochs=2, batch_size=16,
@@ -77,3 +78,27 @@ def test_summarize_counts_diverged():
                        "best_test_acc": [0.5, 0.7, np.nan]})
     s = sweep.summarize(df, ["optimizer"], "best_test_acc").iloc[0]
     assert (s["mean"], s["n"], s["diverged"]) == (pytest.approx(0.6), 2, 1)
+
+
+def test_commit_is_dirty_only_for_code_changes(tmp_path, monkeypatch):
+    """The pipeline rewrites tracked results while it runs; that must not mark them "-dirty"."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "samkit").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "samkit" / "sam.py").write_text("a = 1\n")
+    (tmp_path / "results" / "runs.csv").write_text("x\n1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    commit = provenance.git_commit.__wrapped__
+    (tmp_path / "results" / "runs.csv").write_text("x\n2\n")
+    monkeypatch.chdir(tmp_path / "results")  # also from a subdirectory
+    assert commit() == head
+    (tmp_path / "samkit" / "sam.py").write_text("a = 2\n")
+    assert commit() == head + "-dirty"

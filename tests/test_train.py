@@ -1,5 +1,6 @@
 """The trainer: determinism, exact resume, divergence, early stopping, metrics."""
 import math
+import time
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ TINY = dict(dataset="fashion_mnist", n_train=200, n_val=100, n_test=200, model="
 
 
 def strip_time(result):
-    return {k: v for k, v in result.items() if k != "seconds"}
+    return {k: v for k, v in result.items() if not k.endswith("seconds")}
 
 
 def test_deterministic_per_seed(fmnist_root):
@@ -44,6 +45,20 @@ def test_resume_after_interruption_is_exact(fmnist_root, tmp_path, monkeypatch, 
     assert state["epoch"] == 2
     resumed = train.run(cfg, checkpoint=ckpt)
     assert strip_time(resumed) == strip_time(reference)
+    # training time carries over the kill: the resumed run reports both parts
+    assert resumed["train_seconds"] > state["train_seconds"] > 0
+
+
+def test_train_seconds_excludes_evaluation(fmnist_root, monkeypatch):
+    real_metrics = train._epoch_metrics
+
+    def slow_metrics(*args):
+        time.sleep(0.5)  # stands in for an expensive evaluation
+        return real_metrics(*args)
+
+    monkeypatch.setattr(train, "_epoch_metrics", slow_metrics)
+    r = train.run(TrainConfig(**TINY))
+    assert 0 < r["train_seconds"] and r["seconds"] - r["train_seconds"] >= 3 * 0.5
 
 
 def test_divergence_is_recorded(fmnist_root):
