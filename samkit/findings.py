@@ -41,7 +41,18 @@ def trend(table: pd.DataFrame, x: str, y: str = "gain") -> dict:
         verdict = "does not clearly support"
     return {"verdict": verdict, "spearman": round(r, 2), "n_points": len(t),
             "first_x": _num(first[x]), "last_x": _num(last[x]),
-            "first": pp(first[y], first.get("ci95")), "last": pp(last[y], last.get("ci95"))}
+            "first": pp(first[y], first.get("ci95")), "last": pp(last[y], last.get("ci95")),
+            **_raw("last", last[y], last.get("ci95"))}
+
+
+def _raw(name: str, mean, ci=None, fmt=None) -> dict:
+    """The unformatted estimate and CI half-width beside a formatted one, for `dvc exp show`
+    (which compares numbers). A log-ratio (``fmt=ratio``) is given as the ratio itself."""
+    mean = float(mean) if mean is not None else float("nan")
+    out = {f"{name}_estimate": float(np.exp(mean)) if fmt is ratio else mean}
+    if ci is not None and np.isfinite(ci) and fmt is not ratio:
+        out[f"{name}_ci95"] = float(ci)
+    return out
 
 
 def argmax_by(df: pd.DataFrame, group: str, over: str, value: str = "mean") -> pd.DataFrame:
@@ -152,7 +163,8 @@ def trend_of(table: pd.DataFrame, x: str, y: str = "mean", fmt=num,
     ci = (lambda row: row.get("ci95")) if "ci95" in t else (lambda row: None)
     return {"verdict": verdict, "spearman": round(r, 2), "n_points": len(t),
             "first_x": _num(first[x]), "last_x": _num(last[x]),
-            "first": fmt(first[y], ci(first)), "last": fmt(last[y], ci(last))}
+            "first": fmt(first[y], ci(first)), "last": fmt(last[y], ci(last)),
+            **_raw("last", last[y], ci(last), fmt)}
 
 
 def trend_by(table: pd.DataFrame, by: str, x: str, y: str = "gain") -> dict:
@@ -200,7 +212,7 @@ def row_claim(table: pd.DataFrame, y: str = "gain", expect: str = "positive",
         return {"value": "n/a", "verdict": "cannot test", "diverged": 0}
     r = table.iloc[0]
     return {"value": fmt(r[y], r.get("ci95")), "verdict": claim(r[y], r.get("ci95"), expect),
-            "diverged": int(r.get("diverged", 0))}
+            "diverged": int(r.get("diverged", 0)), **_raw("value", r[y], r.get("ci95"), fmt)}
 
 
 def summarize_many(runs: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -362,7 +374,8 @@ def argmax_trend(best: pd.DataFrame, boot: pd.DataFrame, group: str, x: str,
                       for g in order)
     r = (float(stats.spearmanr(t[x], t[over]).statistic) if t[over].nunique() > 1 else 0.0)
     return {"verdict": verdict, "each": each, "p_grows": pct(p_grows),
-            "p_falls": pct(p_falls), "spearman": round(r, 2)}
+            "p_falls": pct(p_falls), "spearman": round(r, 2), "p_grows_estimate": p_grows,
+            "p_falls_estimate": p_falls}
 
 
 def listing(table: pd.DataFrame, key: str, value: str, fmt=str) -> str:
@@ -452,16 +465,16 @@ def _put(d: dict, path: str, value) -> None:
 
 def collect(profile: str, root: str = "results", studies: dict | None = None) -> dict:
     """Every study's saved metrics (``results.load``) gathered for the book's front page:
-    'table' (study, claim, verdicts, key numbers, runs, wall minutes; a missing study shows
+    'table' (study, claim, verdicts, key numbers, runs, run minutes; a missing study shows
     'not run'), 'missing' and a metrics.json-like dict ('metrics' keyed by study with 'claim',
     'verdicts', 'numbers', 'status', 'runs' and 'm' (each summarized metric by its path), plus
     'book' (counts of studies and verdicts); 'profile', 'provenance', 'n_runs', 'seeds',
-    'wall_seconds') so ``results.glue_metrics`` and ``results.provenance_line`` work on it."""
+    'n_cached', 'run_seconds') so ``results.glue_metrics`` and ``results.provenance_line`` work on it."""
     from .provenance import provenance
     from .results import load
     studies = studies or SUMMARY
     rows, metrics, missing, seeds, tally = [], {}, [], set(), []
-    n_runs = wall = 0
+    n_runs = n_cached = run_seconds = 0
     for study, spec in studies.items():
         try:
             meta, _ = load(study, profile, root)
@@ -485,22 +498,23 @@ def collect(profile: str, root: str = "results", studies: dict | None = None) ->
                      "key number(s)": n_line if meta else "",
                      "runs": meta["n_runs"] if meta else 0,
                      "diverged": meta["n_diverged"] if meta else 0,
-                     "wall minutes": round(meta["wall_seconds"] / 60, 1) if meta else np.nan})
+                     "run minutes": round(meta["run_seconds"] / 60, 1) if meta else np.nan})
         if meta:
             n_runs += meta["n_runs"]
-            wall += meta["wall_seconds"]
+            n_cached += meta["n_cached"]
+            run_seconds += meta["run_seconds"]
             seeds.update(meta["seeds"])
     n_ok = sum(1 for s in metrics.values() if s["status"] == "ok")
     metrics["book"] = {"profile": profile, "studies_run": n_ok, "studies": len(studies),
                        "missing": ", ".join(missing) or "none", "runs": n_runs,
-                       "wall_minutes": round(wall / 60, 1), "verdicts": len(tally),
+                       "run_minutes": round(run_seconds / 60, 1), "verdicts": len(tally),
                        "supports": tally.count("supports"),
                        "contradicts": tally.count("contradicts"),
                        "unclear": len(tally) - tally.count("supports")
                        - tally.count("contradicts")}
     return {"table": pd.DataFrame(rows), "missing": missing, "metrics": metrics,
             "profile": profile, "provenance": provenance(), "n_runs": n_runs,
-            "seeds": sorted(seeds), "wall_seconds": wall}
+            "seeds": sorted(seeds), "n_cached": n_cached, "run_seconds": run_seconds}
 
 
 def describe(runs: pd.DataFrame, columns: list[str]) -> dict:

@@ -59,11 +59,13 @@ def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.Data
 
 
 def _write_dvc_metrics(meta: dict, path: str) -> None:
-    """The numeric part of metrics.json, flat, for `dvc metrics show` / `dvc exp show`."""
+    """The numbers and verdicts of metrics.json, flat, for `dvc metrics show` / `dvc exp show`
+    (the formatted strings beside them are for the book's prose)."""
     flat = {k: v for k, v in _flatten(meta["metrics"])
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+            if (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v)
+            or (k.endswith("verdict") and isinstance(v, str))}
     flat.update(n_runs=meta["n_runs"], n_diverged=meta["n_diverged"],
-                wall_minutes=round(meta["wall_seconds"] / 60, 2))
+                run_minutes=round(meta["run_seconds"] / 60, 2))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, flat)
 
@@ -88,8 +90,9 @@ def provenance_line(meta: dict) -> str:
     """One line for a figure caption or page footer."""
     p = meta["provenance"]
     return (f"profile {meta['profile']} · {p['device']} · torch {p['torch']} · commit "
-            f"{p['commit']} · {p['date'][:10]} · {meta['n_runs']} runs, seeds "
-            f"{','.join(map(str, meta['seeds']))} · {meta['wall_seconds'] / 60:.1f} min")
+            f"{p['commit']} · {p['date'][:10]} · {meta['n_runs']} runs "
+            f"({meta['n_cached']} from the run cache), seeds "
+            f"{','.join(map(str, meta['seeds']))} · {meta['run_seconds'] / 60:.1f} min of runs")
 
 
 def glue_metrics(meta: dict, glue) -> None:

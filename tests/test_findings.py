@@ -1,6 +1,7 @@
 """The verdict helpers behind every sentence of the book, against references: exact resampling
 distributions, scipy's t intervals, analytic piecewise-linear functions."""
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,23 @@ def test_function_complexity_on_analytic_curves():
     hat = np.minimum(np.maximum(2 * (x - 0.1234), 0), 1 - (x - 0.5555))
     assert findings.linear_pieces(x, hat) == 3
     assert findings.slope_variation(x, hat) == pytest.approx(5)
+
+
+def test_dvc_metrics_carry_numbers_and_verdicts_not_prose(tmp_path):
+    from samkit import results
+    gain = pd.DataFrame({"params": [10, 100], "gain": [0.01, 0.03], "ci95": [0.005, 0.01]})
+    log_ratio = pd.DataFrame({"params": [100], "gain": [np.log(0.5)], "ci95": [0.1]})
+    metrics = {"widest": findings.row_claim(findings.at_max(gain, "params")),
+               "trend": findings.trend(gain, "params"),
+               "ratio": findings.row_claim(log_ratio, expect="negative", fmt=findings.ratio)}
+    runs = pd.DataFrame({"seed": [0], "status": ["ok"], "seconds": [2.0], "cached": [True]})
+    results.save("study", "cpu", runs, {}, params={}, seconds=1.0, metrics=metrics,
+                 root=str(tmp_path))
+    with open(tmp_path / "cpu" / "dvc_metrics" / "study.json") as f:
+        flat = json.load(f)
+    assert flat["widest.value_estimate"] == 0.03 and flat["widest.value_ci95"] == 0.01
+    assert flat["widest.verdict"] == "supports" and flat["trend.verdict"] == "supports"
+    assert flat["trend.last_estimate"] == 0.03
+    assert flat["ratio.value_estimate"] == pytest.approx(0.5)  # a ratio, not its log
+    assert "widest.value" not in flat  # the formatted '+3.00 pp (95% CI ±1.00)' stays in prose
+    assert flat["run_minutes"] == round(2.0 / 60, 2) and flat["n_runs"] == 1
