@@ -53,6 +53,36 @@ def test_dvc_plots_render_every_study_from_committed_results():
 
 
 @pytest.mark.slow
+def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
+    """`dvc exp run -S` on a clone: only the edited study runs, and `dvc exp show` reports the
+    experiment's parameter and the metrics it produced beside the committed ones."""
+    work = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", REPO, str(work)], check=True, timeout=120)
+    for key, value in (("user.name", "test"), ("user.email", "test@example.invalid")):
+        subprocess.run(["git", "config", key, value], cwd=work, check=True)
+    dvc = os.path.join(BIN, "dvc")
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
+    r = subprocess.run([dvc, "exp", "run", "simplicity", "-S", "simplicity.cpu.grid.seed=[0]",
+                        "-S", "simplicity.cpu.base.epochs=2000", "-n", "one-seed"], cwd=work,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Running stage 'simplicity'" in r.stdout and "Running stage 'width'" not in r.stdout
+    r = subprocess.run([dvc, "exp", "show", "--json"], cwd=work, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (base,) = [e for e in json.loads(r.stdout) if e.get("experiments")]  # the cloned commit
+    (exp,) = [x["revs"][0]["data"] for x in base["experiments"] if x["name"] == "one-seed"]
+    grid = exp["params"]["params.yaml"]["data"]["simplicity"]["cpu"]["grid"]
+    assert grid["seed"] == [0]
+    assert exp["params"]["params.yaml"]["data"]["simplicity"]["cpu"]["base"]["epochs"] == 2000
+    metrics = exp["metrics"]["results/cpu/dvc_metrics/simplicity.json"]["data"]
+    committed = base["data"]["metrics"]["results/cpu/dvc_metrics/simplicity.json"]["data"]
+    seeds = params.load(os.path.join(REPO, "params.yaml"))["simplicity"]["cpu"]["grid"]["seed"]
+    assert metrics["n_runs"] * len(seeds) == committed["n_runs"]  # one seed of each run
+    assert "widest.verdict" in metrics
+
+
+@pytest.mark.slow
 def test_notebooks_run_on_tiny_parameters(tmp_path, fmnist_root):
     """nbval executes each notebook with its parameters cell's smoke defaults."""
     work = tmp_path / "notebooks"
