@@ -19,8 +19,8 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        # Only code counts: the pipeline itself rewrites tracked results and notebooks, and the
-        # params a result used are recorded beside it.
+        # Only code counts: the pipeline itself rewrites tracked files (results/, the executed
+        # notebooks in book/), and the params a result used are recorded beside it.
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
                                 *CODE_PATHS], capture_output=True, text=True, timeout=10
                                ).stdout.strip()

@@ -58,6 +58,13 @@ def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.Data
     return meta
 
 
+def by_series(table: pd.DataFrame, column: str, prefix: str) -> dict[str, pd.DataFrame]:
+    """One table per value of ``column`` (e.g. per model), named ``<prefix>_<value>``, for
+    ``save``: DVC's plots tell series apart by file."""
+    from .findings import slug
+    return {f"{prefix}_{slug(value)}": g for value, g in table.groupby(column, sort=True)}
+
+
 def _write_dvc_metrics(meta: dict, path: str) -> None:
     """The numbers and verdicts of metrics.json, flat, for `dvc metrics show` / `dvc exp show`
     (the formatted strings beside them are for the book's prose)."""

@@ -39,6 +39,11 @@ def expand(base: dict, grid: dict | None = None, arms: list[dict] | None = None)
     return configs
 
 
+# Bumped when a stored result gains or changes fields: older cache entries are retrained.
+# 2: train_seconds (training-only time).
+RESULT_FORMAT = 2
+
+
 def run_key(cfg: TrainConfig) -> str:
     blob = json.dumps(cfg.key_dict(), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -77,16 +82,15 @@ def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True) -> dict:
     path = os.path.join(cache, f"{key}.json")
     with _locked(path + ".lock"):
         # Under the lock no live writer of this key exists: a temp file is a killed one's debris.
-        for debris in glob.glob(os.path.join(cache, f"{key}.*.tmp.*")):
+        for debris in glob.glob(os.path.join(glob.escape(cache), f"{key}.*.tmp.*")):
             os.remove(debris)
-        if os.path.exists(path):
-            with open(path) as f:
-                result = json.load(f)
+        result = _load_current(path)
+        if result is not None:
             result["cached"] = True
         else:
             ckpt = os.path.join(cache, f"{key}.ckpt")
             result = train_run(cfg, checkpoint=ckpt, quiet=quiet)
-            result = _with_provenance(result)
+            result = {**_with_provenance(result), "format": RESULT_FORMAT}
             write_json_atomic(path, result)
             if os.path.exists(ckpt):
                 os.remove(ckpt)
@@ -94,6 +98,16 @@ def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True) -> dict:
     result["key"] = key
     result["config"]["tag"] = cfg.tag   # the tag is the caller's label, not the run's identity
     return result
+
+
+def _load_current(path: str) -> dict | None:
+    """A stored result, or None if there is none or it predates the current result format
+    (it lacks fields that the studies read, e.g. ``train_seconds``): then it is retrained."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    return result if result.get("format") == RESULT_FORMAT else None
 
 
 def _with_provenance(result: dict) -> dict:

@@ -347,7 +347,9 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
     if resumed:
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
         start, status = resumed["epoch"], resumed["status"]
-    # training-only time (no data loading, evaluation or checkpoints), summed across resumes
+    # Times are summed across resumes (what a killed attempt spent after its last checkpoint
+    # is lost): train_seconds counts training only (no data loading, evaluation, checkpoints).
+    seconds_before = resumed.get("seconds", 0.0) if resumed else 0.0
     train_seconds = resumed.get("train_seconds", 0.0) if resumed else 0.0
     progress = _progress(cfg, len(data.x_train), quiet, start)
     loss_sum = 0.0
@@ -380,13 +382,14 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
                 "config": cfg.key_dict(), "epoch": epoch + 1, "status": status,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "best": best,
-                "best_state": best_state, "train_seconds": train_seconds})
+                "best_state": best_state, "train_seconds": train_seconds,
+                "seconds": seconds_before + time.time() - t0})
         if status == "diverged":
             break
     if progress is not None:
         progress.close()
     result = _result(cfg, model, data, history, best, status, loss_fn, best_state)
-    result.update(seconds=time.time() - t0, train_seconds=train_seconds)
+    result.update(seconds=seconds_before + time.time() - t0, train_seconds=train_seconds)
     return (result, model) if return_model else result
 
 

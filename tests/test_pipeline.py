@@ -50,6 +50,15 @@ def test_dvc_plots_render_every_study_from_committed_results():
         assert study in titles, f"no dvc plot for {study}"
     for title, plots in shown["data"].items():
         assert plots[0]["content"]["data"]["values"], f"{title}: no data"
+    # every file a plot names exists: a missing series would otherwise just vanish
+    with open(os.path.join(REPO, "dvc.yaml")) as f:
+        spec = yaml.safe_load(f)
+    profile = params.load(os.path.join(REPO, "params.yaml"))["profile"]
+    for plot in spec["plots"]:
+        (title, conf), = plot.items()
+        for path in conf["y"]:
+            assert os.path.exists(os.path.join(REPO, path.replace("${profile}", profile))), \
+                f"{title}: {path} missing"
 
 
 @pytest.mark.slow

@@ -48,6 +48,21 @@ def test_cache_runs_only_what_is_missing(tmp_path):
     assert {"commit", "device", "torch", "date"} <= set(stored["provenance"])
 
 
+def test_a_result_of_an_older_format_is_retrained(tmp_path):
+    cache = str(tmp_path / "runs")
+    cfg = TrainConfig(**TINY)
+    sweep.run([cfg], cache=cache, progress=False)
+    path = os.path.join(cache, f"{sweep.run_key(cfg)}.json")
+    with open(path) as f:
+        stored = json.load(f)
+    old = {k: v for k, v in stored.items() if k not in ("format", "train_seconds")}
+    with open(path, "w") as f:
+        json.dump(old, f)  # as written before train_seconds existed
+    again = sweep.run([cfg], cache=cache, progress=False)
+    assert not again["cached"].any() and again["train_seconds"].notna().all()
+    assert sweep.run([cfg], cache=cache, progress=False)["cached"].all()
+
+
 def test_mean_ci_matches_scipy():
     v = [0.1, 0.3, 0.2, 0.5]
     mean, half, n = sweep.mean_ci(v)
