@@ -140,13 +140,11 @@ def sign_at_each(table: pd.DataFrame, y: str = "gain", expect: str = "positive",
 
 
 def trend_of(table: pd.DataFrame, x: str, y: str = "mean", fmt=num,
-             direction: str = "grows", ci: str | None = "ci95") -> dict:
+             direction: str = "grows") -> dict:
     """Like ``trend`` for any quantity (formatted by ``fmt``) and either direction: verdict on
     "y grows with x" (or "falls"), from the Spearman r over the rows and whether the last
-    point differs from the first by more than their joint 95% CI (column ``ci``; None: the
-    table's numbers have no CI, e.g. an argmax)."""
+    point differs from the first by more than their joint 95% CI (column 'ci95', if any)."""
     t = table.dropna(subset=[y]).sort_values(x)
-    t = t.rename(columns={ci: "ci95"}) if ci else t.drop(columns="ci95", errors="ignore")
     if len(t) < 2:
         return {"verdict": "cannot test", "spearman": float("nan"), "first": "n/a",
                 "last": "n/a", "n_points": len(t)}
@@ -390,12 +388,6 @@ def argmax_trend(best: pd.DataFrame, boot: pd.DataFrame, group: str, x: str,
             "p_falls_estimate": p_falls}
 
 
-def listing(table: pd.DataFrame, key: str, value: str, fmt=str) -> str:
-    """'k1: v1 · k2: v2' over the rows, sorted by ``key`` (e.g. the best rho per width)."""
-    t = table.sort_values(key)
-    return " · ".join(f"{_num(k)}: {fmt(_num(v))}" for k, v in zip(t[key], t[value])) or "n/a"
-
-
 def ratio_claims(table: pd.DataFrame, x: str = "params") -> dict:
     """For a ``paired_log_ratio`` table (SAM/SGD per size): is SAM's value lower at every size
     ('verdict', 'count'), the ratio at the smallest and largest size ('first', 'last'), and does
@@ -481,7 +473,8 @@ def collect(profile: str, root: str = "results", studies: dict | None = None) ->
     'not run'), 'missing' and a metrics.json-like dict ('metrics' keyed by study with 'claim',
     'verdicts', 'numbers', 'status', 'runs' and 'm' (each summarized metric by its path), plus
     'book' (counts of studies and verdicts); 'profile', 'provenance', 'n_runs', 'seeds',
-    'n_cached', 'run_seconds') so ``results.glue_metrics`` and ``results.provenance_line`` work on it."""
+    'n_cached', 'run_seconds') so ``results.glue_metrics`` and ``results.provenance_line``
+    work on it."""
     from .provenance import provenance
     from .results import load
     studies = studies or SUMMARY

@@ -23,7 +23,8 @@ BLOG_TABLE = pd.DataFrame([
 
 RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
                "sparsity", "prune_to_width", "weight_decay", "early_stopping", "epochs", "seed",
-               "status", "diverged_epoch", "params", "nonzero_params", "seconds", "train_seconds", "cached")
+               "status", "diverged_epoch", "params", "nonzero_params", "seconds", "train_seconds",
+               "cached")
 
 
 class Timer:
