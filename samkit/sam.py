@@ -211,6 +211,20 @@ class SAM(Optimizer):
         # load_state_dict rebuilds the group dicts: share them again.
         self.param_groups = self.base_optimizer.param_groups
 
+    # torch.optim.Optimizer pickles only defaults/state/param_groups, which would drop the base
+    # optimizer (copy.deepcopy, pickle and torch.save of SAM all go through these two).
+    _PICKLED = ("base_optimizer", "_perturbed")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # One list of group dicts for both (pickle's memo already keeps it one object).
+        self.param_groups = self.base_optimizer.param_groups
+
     def __repr__(self):
         return f"SAM({self.base_optimizer!r})"
 

@@ -10,6 +10,7 @@ import copy
 import io
 import math
 import os
+import pickle
 import socket
 import warnings
 
@@ -757,3 +758,39 @@ def test_cuda_grad_scaler_fp16_overflow_skips():
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
     assert scaler.get_scale() == 2.0 ** 11
+
+
+# --------------------------------------------------------------------------- 11. rough edges
+
+def _sgd_setup(model, rho=0.1, lr=0.05, **kw):
+    """SAM over SGD(SGD_HP) and the matching per-parameter hyperparameters for _ref_sgd."""
+    hp = {k: dict(SGD_HP, rho=rho, lr=lr) for k, _ in model.named_parameters()}
+    return SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr, **SGD_HP, **kw), hp
+
+
+def _copy(obj, how):
+    if how == "deepcopy":
+        return copy.deepcopy(obj)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(obj))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)  # a whole optimizer object is not weights-only
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_copy_keeps_base_optimizer_and_trains_like_the_reference(how):
+    """torch.optim.Optimizer pickles only defaults/state/param_groups; SAM must keep its base
+    optimizer (and its momentum) so a copy made mid-training goes on exactly as the original."""
+    model, batches = _mlp(), _batches(4, (5,))
+    opt, hp = _sgd_setup(model)
+    ref = _ref_sgd(model, hp, batches)
+    _run_sam(model, opt, batches[:2])
+    model2, opt2 = _copy((model, opt), how)
+    assert opt2.param_groups is opt2.base_optimizer.param_groups
+    mine = {id(p) for g in opt2.param_groups for p in g["params"]}
+    assert mine == {id(p) for p in model2.parameters()}
+    assert all("momentum_buffer" in opt2.base_optimizer.state[p] for p in model2.parameters())
+    _run_sam(model2, opt2, batches[2:])
+    _assert_weights(model2, ref)
