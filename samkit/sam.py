@@ -83,9 +83,19 @@ class SAM(Optimizer):
                                      f"{sorted(values)}; give both optimizers the same groups")
                 group[key] = values.pop()
 
+    def _groups(self):
+        """SAM's param groups, each with its rho/adaptive/eta: a group added later through
+        ``base_optimizer.add_param_group`` gets SAM's defaults here (``add_param_group`` on SAM
+        itself already fills them from ``self.defaults``)."""
+        for group in self.param_groups:
+            for key in _SAM_KEYS:
+                if key not in group:
+                    group[key] = self.defaults[key]
+            yield group
+
     def _grads(self):
         """(group, params, grads) for every group, skipping parameters without a gradient."""
-        for group in self.param_groups:
+        for group in self._groups():
             ps = [p for p in group["params"] if p.grad is not None]
             if ps:
                 yield group, ps, [p.grad for p in ps]

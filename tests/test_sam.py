@@ -794,3 +794,24 @@ def test_copy_keeps_base_optimizer_and_trains_like_the_reference(how):
     assert all("momentum_buffer" in opt2.base_optimizer.state[p] for p in model2.parameters())
     _run_sam(model2, opt2, batches[2:])
     _assert_weights(model2, ref)
+
+
+@pytest.mark.parametrize("via", ["sam", "base_optimizer"])
+def test_added_param_groups_get_sam_defaults(via):
+    """Groups added later (fine-tuning: unfreeze a layer) take rho/adaptive/eta from SAM's
+    defaults unless given, through either object, and train like the float64 reference."""
+    model, batches = _mlp(), _batches(3, (5,))
+    opt = SAM(model[0].parameters(), torch.optim.SGD, rho=0.1, lr=0.05, **SGD_HP)
+    target = opt if via == "sam" else opt.base_optimizer
+    target.add_param_group(dict(params=list(model[2].parameters()), lr=0.03))
+    target.add_param_group(dict(params=list(model[4].parameters()), rho=0.3))
+    assert opt.param_groups is opt.base_optimizer.param_groups
+    assert len(opt.param_groups) == 3
+    hp = {k: dict(SGD_HP, rho=0.1, lr=0.05) for k in ("0.weight", "0.bias")}
+    hp.update({k: dict(SGD_HP, rho=0.1, lr=0.03) for k in ("2.weight", "2.bias")})
+    hp.update({k: dict(SGD_HP, rho=0.3, lr=0.05) for k in ("4.weight", "4.bias")})
+    ref = _ref_sgd(model, hp, batches)
+    _run_sam(model, opt, batches)
+    _assert_weights(model, ref)
+    assert [(g["rho"], g["adaptive"], g["eta"]) for g in opt.param_groups] == \
+        [(0.1, False, 0.01), (0.1, False, 0.01), (0.3, False, 0.01)]
