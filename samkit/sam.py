@@ -98,7 +98,9 @@ class SAM(Optimizer):
         for group in self._groups():
             ps = [p for p in group["params"] if p.grad is not None]
             if ps:
-                yield group, ps, [p.grad for p in ps]
+                # A sparse gradient (nn.Embedding(sparse=True)) repeats an index once per
+                # occurrence of a token: coalesce (sum duplicates) before taking its norm.
+                yield group, ps, [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in ps]
 
     @torch.no_grad()
     def first_step(self, zero_grad=False, grad_scaler=None):
@@ -124,7 +126,7 @@ class SAM(Optimizer):
         for _, _, gs, _ in groups:
             for g in gs:
                 dtype = torch.promote_types(dtype, g.dtype)
-        norms = [n for _, _, gs, _ in groups for n in torch._foreach_norm(gs, 2, dtype=dtype)]
+        norms = [n for _, _, gs, _ in groups for n in _norms(gs, dtype)]
         device = norms[0].device
         norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
         # A zero gradient gives ε = 0 (not NaN); so does an inf/NaN one: inv = 0 here, and with a
@@ -142,7 +144,10 @@ class SAM(Optimizer):
                 # Write w + ε into the spare buffer and swap storages: w itself is kept, no
                 # copy made (two full weight copies are ~4% of a small model's CPU step).
                 for p, buf, e in zip(ps, saved, eps):
-                    torch.addcmul(p.data, e, scale, out=buf)
+                    if e.is_sparse:  # ε is nonzero on the looked-up rows only
+                        buf.copy_(p.data).add_(e * scale)
+                    else:
+                        torch.addcmul(p.data, e, scale, out=buf)
                     p.data, self.state[p]["w"] = buf, p.data
                 self._perturbed.append((ps, None))
             else:
@@ -243,10 +248,22 @@ def _all_on_cpu(params, scale):
     return scale.device.type == "cpu" and all(p.device.type == "cpu" for p in params)
 
 
+def _norms(tensors, dtype):
+    """The 2-norm of each tensor, computed in ``dtype``; a sparse one's from its values (it must
+    be coalesced), since the sparse norm kernel takes no ``dtype``."""
+    if not any(t.is_sparse for t in tensors):
+        return torch._foreach_norm(tensors, 2, dtype=dtype)
+    return [torch.linalg.vector_norm(t._values() if t.is_sparse else t, dtype=dtype)
+            for t in tensors]
+
+
 def _foreach_scale_add_(params, directions, scale):
     """params += scale * directions, with ``scale`` a 0-d device tensor (no host sync)."""
     devices = {p.device for p in params}
-    if devices == {scale.device} == {torch.device("cpu")}:
+    if any(d.is_sparse for d in directions):  # dense += sparse: no fused or foreach kernel
+        for p, d in zip(params, directions):
+            p.add_(d * scale.to(p.device))
+    elif devices == {scale.device} == {torch.device("cpu")}:
         # CPU foreach ops are per-tensor loops anyway; a fused multiply-add per tensor skips
         # the temporary copy of every gradient (measurable on small models).
         for p, d in zip(params, directions):

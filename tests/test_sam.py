@@ -815,3 +815,62 @@ def test_added_param_groups_get_sam_defaults(via):
     _assert_weights(model, ref)
     assert [(g["rho"], g["adaptive"], g["eta"]) for g in opt.param_groups] == \
         [(0.1, False, 0.01), (0.1, False, 0.01), (0.3, False, 0.01)]
+
+
+class _SparseEmbeddingNet(nn.Module):
+    """nn.Embedding(sparse=True) (its .grad is an uncoalesced sparse tensor: tokens repeat)
+    next to a dense Linear, in ONE param group: both kinds share SAM's global norm."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(12, 4, sparse=True)
+        self.out = nn.Linear(4, 3)
+        self.to(DT)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.emb(tokens)).mean(1))
+
+
+def _token_batches(n, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    # 6 sequences of 5 tokens from rows 0..7: rows repeat (duplicate sparse indices) and
+    # rows 8..11 never occur (ε and the update must leave them alone).
+    return [(torch.randint(0, 8, (6, 5), generator=g), torch.randint(0, 3, (6,), generator=g))
+            for _ in range(n)]
+
+
+def _force_copy_path(monkeypatch):
+    """Take the accelerator code path (copy w, add ε in place, copy back) on CPU."""
+    import samkit.sam
+    monkeypatch.setattr(samkit.sam, "_all_on_cpu", lambda params, scale: False)
+
+
+@pytest.mark.parametrize("path", ["swap", "copy"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sparse_embedding_gradients_match_float64_derivation(adaptive, path, monkeypatch):
+    if path == "copy":
+        _force_copy_path(monkeypatch)
+    model, batches = _SparseEmbeddingNet(), _token_batches(3)
+    w = {k: p.detach().clone() for k, p in model.named_parameters()}
+    ref_model = copy.deepcopy(model)
+
+    def dense_grads(w, x, y):  # the reference works on dense gradients
+        return {k: g.to_dense() if g.is_sparse else g for k, g in _grads(ref_model, w, x, y).items()}
+
+    rho, lr, eta = 0.2, 0.1, 0.05
+    for x, y in batches:  # SAM + plain SGD (torch.optim.SGD takes sparse gradients), by hand
+        g = dense_grads(w, x, y)
+        eps = _eps(w, g, {k: rho for k in w}, adaptive, eta)
+        g2 = dense_grads({k: w[k] + eps[k] for k in w}, x, y)
+        w = {k: w[k] - lr * g2[k] for k in w}
+
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr, adaptive=adaptive, eta=eta)
+    for x, y in batches:
+        F.cross_entropy(model(x), y).backward()
+        assert model.emb.weight.grad.is_sparse
+        opt.first_step(zero_grad=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+    _assert_weights(model, w)
+    assert torch.equal(model.emb.weight[8:].detach(), ref_model.emb.weight[8:].detach())
