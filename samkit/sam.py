@@ -159,9 +159,14 @@ class SAM(Optimizer):
             self.zero_grad()
 
     def _saved_weights(self, p):
-        # A buffer kept across steps: no allocation per step (and CUDA-graph friendly).
+        # A buffer kept across steps: no allocation per step (and CUDA-graph friendly). Made
+        # anew when the parameter changed under it (model.double(), .to(device), channels_last):
+        # the swap path would hand the parameter the old dtype/device/layout, the copy path
+        # would round w to the old dtype.
         state = self.state[p]
-        if "w" not in state or state["w"].shape != p.shape:
+        w = state.get("w")
+        if (w is None or w.shape != p.shape or w.dtype != p.dtype or w.device != p.device
+                or w.stride() != p.stride()):
             state["w"] = torch.empty_like(p, memory_format=torch.preserve_format)
         return state["w"]
 

@@ -874,3 +874,40 @@ def test_sparse_embedding_gradients_match_float64_derivation(adaptive, path, mon
         opt.second_step(zero_grad=True)
     _assert_weights(model, w)
     assert torch.equal(model.emb.weight[8:].detach(), ref_model.emb.weight[8:].detach())
+
+
+@pytest.mark.parametrize("path", ["swap", "copy"])
+@pytest.mark.parametrize("start,to", [(torch.float32, DT), (DT, torch.float32)])
+def test_dtype_change_mid_training(start, to, path, monkeypatch):
+    """model.to(dtype) between steps: the kept weight buffer must follow the parameter (the
+    swap path would hand the parameter the old dtype; the copy path would round w to it)."""
+    if path == "copy":
+        _force_copy_path(monkeypatch)
+    model, batches = _mlp().to(start), _batches(3, (5,))
+    hp = {k: dict(rho=0.1, lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False)
+          for k, _ in model.named_parameters()}
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+    _run_sam(model, opt, [(x.to(start), y) for x, y in batches[:1]])
+    model.to(to)
+    ref = _ref_sgd(copy.deepcopy(model).to(DT), hp, batches[1:])  # from the converted weights
+    _run_sam(model, opt, [(x.to(to), y) for x, y in batches[1:]])
+    assert all(p.dtype == to for p in model.parameters())
+    # float64 run: the reference's own tolerance. float32 run vs the float64 reference: two
+    # steps of O(1) weights, ~10 roundings of 2^-24 each: 1e-6 absolute is ~10x that.
+    tol = TOL if to == DT else dict(rtol=1e-5, atol=1e-6)
+    _assert_weights(model, {k: v.to(to) if to != DT else v for k, v in ref.items()}, **tol)
+
+
+def test_channels_last_change_mid_training_keeps_the_layout():
+    """After model.to(channels_last) the perturbed pass must run on channels_last weights too
+    (a stale contiguous spare buffer would be swapped in at w + ε)."""
+    model, batches = _bn_net(), _batches(2, (2, 5, 5))
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.05)
+    _run_sam(model, opt, batches[:1], frozen=True)
+    model.to(memory_format=torch.channels_last)
+    x, y = batches[1]
+    F.cross_entropy(model(x), y).backward()
+    opt.first_step(zero_grad=True)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    opt.second_step(zero_grad=True)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
