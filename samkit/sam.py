@@ -9,8 +9,12 @@ tensor back to the host, so a step stays asynchronous on a GPU and capturable in
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch.optim import Optimizer
+
+from .bn import bn_frozen
 
 _SAM_KEYS = ("rho", "adaptive", "eta")
 
@@ -23,7 +27,8 @@ class SAM(Optimizer):
     instance already built on the same parameters (the style of the blog seed), whose
     param_groups SAM then shares.
 
-    Use either ``step(closure)`` or the explicit two-pass form::
+    Use either ``step(closure, model=model)`` (``model`` freezes BatchNorm statistics in the
+    second pass; see ``step``) or the explicit two-pass form::
 
         loss_fn(model(x), y).backward()
         opt.first_step(zero_grad=True)
@@ -201,9 +206,16 @@ class SAM(Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure=None):
+    def step(self, closure=None, model=None):
         """One full SAM step. ``closure`` runs forward + backward and returns the loss; it is
-        called twice, each time on zeroed gradients. Returns the loss of the first pass."""
+        called twice, each time on zeroed gradients. Returns the loss of the first pass.
+
+        ``model``: the module the closure runs. When given, the second (perturbed) pass runs
+        under ``bn_frozen(model)``, so BatchNorm running statistics are updated once per step,
+        at w, exactly as in the two-pass form shown in the class docstring. Without it (the
+        default, and the only choice before) BatchNorm layers update their statistics in both
+        passes, the second time at w + ε.
+        """
         if closure is None:
             raise RuntimeError("SAM.step needs a closure (forward + backward, returning the "
                                "loss); or call first_step() and second_step() yourself")
@@ -211,7 +223,7 @@ class SAM(Optimizer):
         with torch.enable_grad():
             loss = closure()
         self.first_step(zero_grad=True)
-        with torch.enable_grad():
+        with torch.enable_grad(), (bn_frozen(model) if model is not None else nullcontext()):
             closure()
         self.second_step()
         return loss

@@ -911,3 +911,31 @@ def test_channels_last_change_mid_training_keeps_the_layout():
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     opt.second_step(zero_grad=True)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_step_closure_with_model_freezes_bn_in_the_second_pass():
+    """step(closure, model=m): the second pass runs under bn_frozen(m), as in the two-pass
+    form: BN running stats see each batch once, at w (not at w + ε)."""
+    model, batches = _bn_net(), _batches(3, (2, 5, 5))
+    hp = {k: dict(SGD_HP, rho=0.1, lr=0.05) for k, _ in model.named_parameters()}
+    # Reference: weights from the float64 derivation; running stats from ONE train-mode
+    # forward per step at the reference weights before that step.
+    ref_stats = copy.deepcopy(model)
+    for t, (x, y) in enumerate(batches):
+        w_t = _ref_sgd(model, hp, batches[:t])
+        with torch.no_grad():
+            torch.func.functional_call(ref_stats, w_t, (x,))
+    ref = _ref_sgd(model, hp, batches)
+
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, **SGD_HP)
+    for x, y in batches:
+        def closure():
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure, model=model)
+    _assert_weights(model, ref)
+    got = dict(model.named_buffers())
+    for k, v in ref_stats.named_buffers():
+        torch.testing.assert_close(got[k], v, **TOL, msg=k)
+    assert got["1.num_batches_tracked"].item() == len(batches)
