@@ -1,4 +1,4 @@
-"""Command line: ``python -m samkit {train,validate,stage} ...`` (``--help`` on each)."""
+"""Command line: ``python -m samkit {train,validate,sweep,stage} ...`` (``--help`` on each)."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ _HELP = {
     "n_test": "evaluate on a fixed random test subset of this size (0 = all)",
     "label_noise": "symmetric label-noise rate in [0, 1)",
     "augment": "random crop (pad 4) + horizontal flip, on device",
-    "data_seed": "seed of the subset, the validation split and the label noise",
+    "data_seed": "seed of the subset, the validation split and the label noise (-1: --seed)",
     "model": "preact_resnet18 | mlp | one_hidden_relu",
     "width": "first-stage channels (ResNet) or hidden units (MLP)",
     "depth": "number of MLP hidden layers",
@@ -30,7 +30,7 @@ _HELP = {
     "lr": "learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay", "batch_size": "batch size", "epochs": "epochs",
     "eval_every": "evaluate and checkpoint every N epochs (and after the last)",
-    "schedule": "step (x0.1 at 50%% and 75%%) | cosine | constant",
+    "schedule": "step (x0.1 at 50%% and 75%%) | step3 (at 25, 50, 75%%) | cosine | constant",
     "loss": "auto | ce | mse (auto: ce for classes, mse for regression)",
     "early_stopping": "report the epoch of best validation accuracy (needs --n-val)",
     "seed": "model-init and batch-order seed",
@@ -85,6 +85,36 @@ def cmd_validate(args, parser):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.params}: ok")
+    return 0
+
+
+def cmd_sweep(args, parser):
+    """Train every missing run of the chosen studies into the run cache (no notebooks): the
+    long part of `dvc repro`, run on its own, e.g. under nohup; rerun it to resume."""
+    from .params import ParamsError, STUDIES, load, study_configs
+    from . import sweep
+    try:
+        params = load(args.params)
+        profile = args.profile or params["profile"]
+        studies = args.studies.split(",") if args.studies else list(STUDIES)
+        for name in studies:
+            if name not in STUDIES:
+                raise ParamsError(f"--studies: got {name!r}; allowed: {', '.join(STUDIES)}")
+        configs, seen = [], set()
+        for name in studies:
+            for cfg in study_configs(name, params[name], profile):
+                key = sweep.run_key(cfg)
+                if key not in seen:  # runs shared by several studies train once
+                    seen.add(key)
+                    configs.append(cfg)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    print(f"{len(configs)} runs of {', '.join(studies)} (profile {profile})", flush=True)
+    runs = sweep.run(configs, cache=args.cache, workers=args.workers)
+    print(f"done in {time.time() - t0:.0f} s: {int((runs['status'] == 'ok').sum())} ok, "
+          f"{int((runs['status'] != 'ok').sum())} diverged", flush=True)
     return 0
 
 
@@ -148,6 +178,12 @@ def main(argv=None):
     _train_parser(sub)
     v = sub.add_parser("validate", help="check params.yaml; one line per problem, exit 2")
     v.add_argument("params", nargs="?", default="params.yaml")
+    w = sub.add_parser("sweep", help="train the runs of some studies into the run cache")
+    w.add_argument("--studies", help="comma-separated (default: all, in params.yaml order)")
+    w.add_argument("--profile", help="default: params.yaml's profile")
+    w.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    w.add_argument("--cache", default="results/runs")
+    w.add_argument("--params", default="params.yaml")
     s = sub.add_parser("stage", help="run one study notebook (a DVC stage)")
     from .params import STUDIES
     s.add_argument("study", choices=(*STUDIES, *_STAGE_OUTPUTS))
@@ -155,7 +191,8 @@ def main(argv=None):
     s.add_argument("--verbose", action="store_true", help="stream the notebook's output")
     args = parser.parse_args(argv)
     sub_parser = sub.choices[args.command]
-    handler = {"train": cmd_train, "validate": cmd_validate, "stage": cmd_stage}[args.command]
+    handler = {"train": cmd_train, "validate": cmd_validate, "sweep": cmd_sweep,
+               "stage": cmd_stage}[args.command]
     return handler(args, sub_parser) or 0
 
 

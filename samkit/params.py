@@ -16,9 +16,9 @@ import yaml
 
 from .train import TrainConfig, check_field
 
-PROFILES = ("cpu", "gpu")
+PROFILES = ("quick", "cpu", "gpu")
 STUDIES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
-           "hessian", "simplicity")
+           "hessian", "simplicity", "datasize")
 TOP_KEYS = ("profile", *STUDIES)
 SECTION_KEYS = ("base", "grid", "arms")
 
@@ -46,7 +46,9 @@ def validate(params) -> None:
     for key in params:
         if key not in TOP_KEYS:
             raise ParamsError(f"{key}: unknown section; allowed: {', '.join(TOP_KEYS)}")
-    profile = params.get("profile", "cpu")
+    if "profile" not in params:
+        raise ParamsError(f"profile: missing; allowed: {', '.join(PROFILES)}")
+    profile = params["profile"]
     if profile not in PROFILES:
         raise ParamsError(f"profile: got {profile!r}; allowed: {', '.join(PROFILES)}")
     for name in STUDIES:

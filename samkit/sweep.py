@@ -1,22 +1,28 @@
 """Grid → cached runs → tidy DataFrame.
 
 Each run's result is stored as ``<cache>/<key>.json``, the key a hash of the config fields that
-change its numbers. A killed or extended sweep therefore redoes only what is missing. Writes
-are atomic (temp file + rename) and a per-key file lock keeps two sweep processes that share a
-cache from training the same run twice.
+change its numbers (and of NUMERICS_VERSION). A killed or extended sweep therefore redoes only
+what is missing. Writes are atomic (temp file + rename) and a per-key file lock keeps two sweep
+processes that share a cache from training the same run twice. Runs train in ``workers``
+processes of one thread each: a run's numbers never depend on how many run beside it.
 """
 from __future__ import annotations
 
 import fcntl
+import dataclasses
 import glob
 import hashlib
 import itertools
 import json
 import os
+import subprocess
+import sys
+import tempfile
 from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
 from .train import TrainConfig, run as train_run
@@ -42,10 +48,17 @@ def expand(base: dict, grid: dict | None = None, arms: list[dict] | None = None)
 # Bumped when a stored result gains or changes fields: older cache entries are retrained.
 # 2: train_seconds (training-only time).
 RESULT_FORMAT = 2
+# Bumped when a code change alters the numbers of any run (tests/test_golden.py notices): part
+# of every run's key, so results of the old code are never mixed with the new.
+# 1: the key includes this version.
+NUMERICS_VERSION = 1
+# CPU threads per run, whatever the number of workers: intra-op parallelism changes the order
+# of float sums, so a run trained beside others must use what it would use alone.
+RUN_THREADS = 1
 
 
 def run_key(cfg: TrainConfig) -> str:
-    blob = json.dumps(cfg.key_dict(), sort_keys=True)
+    blob = json.dumps({**cfg.key_dict(), "numerics": NUMERICS_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -65,39 +78,78 @@ def _json_default(o):
 
 
 @contextmanager
-def _locked(path: str):
+def _locked(path: str, wait: bool = True):
+    """Hold an exclusive lock on ``path``; yields False (holding nothing) if ``wait`` is False
+    and another process holds it."""
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True) -> dict:
-    """The result of ``cfg``, from ``cache`` if present, else trained (resuming a checkpoint
-    left by a killed attempt) and stored."""
-    os.makedirs(cache, exist_ok=True)
+def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True, wait: bool = True):
+    """The result of ``cfg``, from ``cache`` if present (read-only access is enough), else
+    trained (resuming a checkpoint left by a killed attempt) and stored. With ``wait`` False,
+    None when another process is training it right now."""
+    result = _load_cached(cfg, cache)
+    if result is None:
+        key = run_key(cfg)
+        result = _train_and_store(cfg, cache, key, os.path.join(cache, f"{key}.json"), quiet,
+                                  wait)
+        if result is None:
+            return None
+        result["key"] = key
+        result["config"]["tag"] = cfg.tag  # the tag is the caller's label, not the run's identity
+    return result
+
+
+def _load_cached(cfg, cache) -> dict | None:
     key = run_key(cfg)
-    path = os.path.join(cache, f"{key}.json")
-    with _locked(path + ".lock"):
+    result = _load_current(os.path.join(cache, f"{key}.json"))
+    if result is not None:
+        result.update(cached=True, key=key)
+        result["config"]["tag"] = cfg.tag
+    return result
+
+
+def _train_and_store(cfg, cache, key, path, quiet, wait) -> dict | None:
+    os.makedirs(cache, exist_ok=True)
+    with _locked(path + ".lock", wait) as mine:
+        if not mine:
+            return None
         # Under the lock no live writer of this key exists: a temp file is a killed one's debris.
         for debris in glob.glob(os.path.join(glob.escape(cache), f"{key}.*.tmp.*")):
             os.remove(debris)
-        result = _load_current(path)
+        result = _load_current(path)  # another process may have finished it while we waited
         if result is not None:
             result["cached"] = True
-        else:
-            ckpt = os.path.join(cache, f"{key}.ckpt")
+            return result
+        ckpt = os.path.join(cache, f"{key}.ckpt")
+        with _threads(RUN_THREADS):
             result = train_run(cfg, checkpoint=ckpt, quiet=quiet)
-            result = {**_with_provenance(result), "format": RESULT_FORMAT}
-            write_json_atomic(path, result)
-            if os.path.exists(ckpt):
-                os.remove(ckpt)
-            result["cached"] = False
-    result["key"] = key
-    result["config"]["tag"] = cfg.tag   # the tag is the caller's label, not the run's identity
-    return result
+        result = {**_with_provenance(result), "format": RESULT_FORMAT,
+                  "numerics": NUMERICS_VERSION}
+        write_json_atomic(path, result)
+        if os.path.exists(ckpt):
+            os.remove(ckpt)
+        result["cached"] = False
+        return result
+
+
+@contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _load_current(path: str) -> dict | None:
@@ -115,17 +167,84 @@ def _with_provenance(result: dict) -> dict:
     return {**result, "provenance": provenance()}
 
 
+def default_workers() -> int:
+    """One worker per CPU core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run(configs: list[TrainConfig], cache: str = "results/runs", quiet: bool = True,
-        progress: bool = True) -> pd.DataFrame:
-    """Run (or fetch) every config; one row per run with its config and metrics."""
-    rows = []
-    it = configs
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(configs, desc="runs", unit="run")
-    for cfg in it:
-        rows.append(to_row(cached_run(cfg, cache, quiet=quiet)))
-    return pd.DataFrame(rows)
+        progress: bool = True, workers: int | None = None) -> pd.DataFrame:
+    """Run (or fetch) every config; one row per run with its config and metrics, in the order
+    of ``configs``. Missing runs train in ``workers`` processes (default: one per core), each
+    taking the next run no other holds; with ``progress`` one line per finished run."""
+    results = [_load_cached(cfg, cache) for cfg in configs]
+    todo = [cfg for cfg, r in zip(configs, results) if r is None]
+    workers = min(workers or default_workers(), len(todo))
+    if progress and len(todo) < len(configs):
+        print(f"{len(configs) - len(todo)} of {len(configs)} runs from the run cache {cache}",
+              flush=True)
+    if workers == 1:
+        train_missing(todo, cache, quiet, progress)
+    elif workers > 1:
+        _in_processes(todo, cache, workers, progress)
+    for i, cfg in enumerate(configs):
+        if results[i] is None:
+            results[i] = _load_cached(cfg, cache)
+            if results[i] is None:
+                raise RuntimeError(f"run {run_key(cfg)} ({cfg}) did not finish")
+            results[i]["cached"] = False  # trained by this call
+    return pd.DataFrame([to_row(r) for r in results])
+
+
+def train_missing(configs, cache, quiet=True, progress=True, shard=None) -> None:
+    """Train what ``cache`` lacks of ``configs``, skipping runs another process is training:
+    the body of every worker. ``shard=(i, n)`` takes every n-th run only (a disjoint share,
+    for cluster jobs that must not rely on file locks over a network file system)."""
+    if shard is not None:
+        configs = configs[shard[0]::shard[1]]
+    keys = [run_key(cfg) for cfg in configs]
+    for cfg in configs:
+        result = cached_run(cfg, cache, quiet=quiet, wait=shard is not None)
+        if progress and result is not None and not result["cached"]:
+            done = sum(os.path.exists(os.path.join(cache, f"{k}.json")) for k in keys)
+            print(_progress_line(done, len(configs), cfg, result), flush=True)
+
+
+def _in_processes(configs, cache, workers, progress) -> None:
+    """``workers`` fresh interpreters (`python -m samkit.worker`), each walking the same list
+    and taking the runs no other holds, so the load balances itself."""
+    os.makedirs(cache, exist_ok=True)
+    fd, path = tempfile.mkstemp(suffix=".json", prefix="sweep-", dir=cache)
+    with os.fdopen(fd, "w") as f:
+        json.dump([dataclasses.asdict(c) for c in configs], f)
+    cmd = [sys.executable, "-m", "samkit.worker", path, "--cache", cache]
+    procs = []
+    try:
+        procs = [subprocess.Popen(cmd + ([] if progress else ["--no-progress"]))
+                 for _ in range(workers)]
+        codes = [p.wait() for p in procs]
+    except BaseException:  # Ctrl-C: the workers got it too; wait for their checkpoints
+        for p in procs:
+            p.wait()
+        raise
+    finally:
+        os.remove(path)
+    if any(codes):
+        raise RuntimeError(f"a sweep worker failed (exit codes {codes}); see its output above")
+
+
+def _progress_line(n, total, cfg, result) -> str:
+    name = f"{cfg.tag + ' ' if cfg.tag else ''}{cfg.optimizer} {cfg.model}-{cfg.width}"
+    if cfg.optimizer != "sgd":
+        name += f" rho={cfg.rho:g}"
+    name += f" seed {cfg.seed}"
+    m = result.get("best") or {}
+    acc = (f"test acc {m['test_acc']:.4f}" if "test_acc" in m
+           else f"test loss {m['test_loss']:.4g}" if "test_loss" in m else result["status"])
+    return f"[{n}/{total}] {name}: {result['seconds']:.0f} s, {acc}"
 
 
 def to_row(result: dict) -> dict:

@@ -21,10 +21,13 @@ from .models import MODELS, build_model, count_params
 from .sam import SAM
 
 OPTIMIZERS = ("sgd", "sam", "asam")
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "step3", "cosine", "constant")
 LOSSES = ("auto", "ce", "mse")
 PRUNE = ("none", "random", "snip")
 REGRESSION_DATASETS = ("synthetic", "toy1d")
+# A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
+# such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").
+DIVERGENCE_FACTOR = 1e6
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class TrainConfig:
     n_test: int = 0              # fixed random test subset (same for every run); 0 = all
     label_noise: float = 0.0     # symmetric noise rate in [0, 1)
     augment: bool = False        # random crop (pad 4) + horizontal flip, on device
-    data_seed: int = 0           # seeds the subset, the split and the noise (fixed across runs)
+    data_seed: int = 0           # seeds the subset, the split and the noise; -1: the run's seed
+                                 # (so seeds also resample the data, paired across optimizers)
     # model
     model: str = "preact_resnet18"
     width: int = 16
@@ -56,7 +60,7 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 10
     eval_every: int = 1          # evaluate + checkpoint every k epochs (and at the last one)
-    schedule: str = "step"       # step: ×0.1 at 50% and 75% of the epochs
+    schedule: str = "step"       # step: ×0.1 at 50% and 75% of the epochs; step3: at 25/50/75%
     loss: str = "auto"           # auto: cross-entropy for classes, MSE for regression
     early_stopping: bool = True  # report the epoch of best validation accuracy (needs n_val)
     seed: int = 0
@@ -78,14 +82,19 @@ class TrainConfig:
             d.pop(k)
         if self.optimizer == "sgd":   # SGD ignores rho/eta: one cache entry for all values
             d["rho"] = d["eta"] = 0.0
+        d["data_seed"] = self.effective_data_seed  # -1 and the seed it stands for: one run
         return d
+
+    @property
+    def effective_data_seed(self) -> int:
+        return self.seed if self.data_seed == -1 else self.data_seed
 
 
 _CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE}
 _POSITIVE = ("width", "depth", "lr", "batch_size", "epochs", "eval_every")
 _NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "momentum", "weight_decay", "seed",
-                 "data_seed", "hessian_samples", "prune_to_width")
+                 "hessian_samples", "prune_to_width")
 _UNIT = ("label_noise", "sparsity")  # rates in [0, 1)
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
@@ -104,6 +113,8 @@ def check_field(name: str, v) -> None:
         raise ValueError(f"{name}: got {v!r}; allowed: {_a(kind)} > 0")
     if name in _NON_NEGATIVE and not v >= 0:
         raise ValueError(f"{name}: got {v!r}; allowed: {_a(kind)} >= 0")
+    if name == "data_seed" and not v >= -1:
+        raise ValueError(f"data_seed: got {v!r}; allowed: an int >= 0, or -1 for the run's seed")
     if name in _UNIT and not 0 <= v < 1:
         raise ValueError(f"{name}: got {v!r}; allowed: a number in [0, 1)")
     if name == "device" and v not in ("auto", "cpu") and not v.startswith("cuda"):
@@ -173,8 +184,9 @@ def _make_optimizer(cfg, model):
 
 
 def _make_scheduler(cfg, opt):
-    if cfg.schedule == "step":
-        milestones = sorted({max(1, round(cfg.epochs * f)) for f in (0.5, 0.75)})
+    if cfg.schedule in ("step", "step3"):
+        fractions = (0.5, 0.75) if cfg.schedule == "step" else (0.25, 0.5, 0.75)
+        milestones = sorted({max(1, round(cfg.epochs * f)) for f in fractions})
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -223,8 +235,8 @@ def build(cfg: TrainConfig, data=None):
 def load_for(cfg: TrainConfig, root: str | None = None):
     data = data_mod.load_data(cfg.dataset, root=root or os.environ.get("SAMKIT_DATA", "data"),
                               n_train=cfg.n_train or None, n_val=cfg.n_val,
-                              label_noise=cfg.label_noise, noise_seed=cfg.data_seed,
-                              subset_seed=cfg.data_seed)
+                              label_noise=cfg.label_noise, noise_seed=cfg.effective_data_seed,
+                              subset_seed=cfg.effective_data_seed)
     if cfg.n_test and cfg.n_test < len(data.x_test):
         # The same subset for every run (its own fixed seed), so runs stay comparable.
         keep = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(2024))
@@ -351,6 +363,10 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
     # is lost): train_seconds counts training only (no data loading, evaluation, checkpoints).
     seconds_before = resumed.get("seconds", 0.0) if resumed else 0.0
     train_seconds = resumed.get("train_seconds", 0.0) if resumed else 0.0
+    # The reference for the divergence bound: the loss at initialisation on the first batch, in
+    # eval mode so that no BatchNorm statistic (hence no number of the run) changes.
+    initial_loss = (resumed.get("initial_loss") if resumed else None) or evaluate(
+        cfg, model, loss_fn, data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size])["loss"]
     progress = _progress(cfg, len(data.x_train), quiet, start)
     loss_sum = 0.0
     for epoch in range(start if status == "ok" else cfg.epochs, cfg.epochs):
@@ -364,7 +380,7 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
         train_loss = float(loss_sum) / (len(data.x_train) * epochs_summed)  # one host sync
         train_seconds += time.perf_counter() - tick
         loss_sum = 0.0
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGENCE_FACTOR * max(initial_loss, 1.0):
             status = "diverged"
             history.append({"epoch": epoch + 1, "train_loss_running": train_loss})
         else:
@@ -383,13 +399,15 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "best": best,
                 "best_state": best_state, "train_seconds": train_seconds,
+                "initial_loss": initial_loss,
                 "seconds": seconds_before + time.time() - t0})
         if status == "diverged":
             break
     if progress is not None:
         progress.close()
     result = _result(cfg, model, data, history, best, status, loss_fn, best_state)
-    result.update(seconds=seconds_before + time.time() - t0, train_seconds=train_seconds)
+    result.update(seconds=seconds_before + time.time() - t0, train_seconds=train_seconds,
+                  initial_loss=initial_loss)
     return (result, model) if return_model else result
 
 

@@ -29,7 +29,7 @@ def edited(path, value=None, delete=False):
 
 W = ["width", "cpu"]
 BAD = [  # (edit, substring the message must contain)
-    (edited(["profile"], "tpu"), "profile: got 'tpu'; allowed: cpu, gpu"),
+    (edited(["profile"], "tpu"), "profile: got 'tpu'; allowed: quick, cpu, gpu"),
     (edited(["widht"], {}), "widht: unknown section; allowed: profile, headline"),
     (edited(W + ["base", "lrr"], 0.1), "width.cpu.base.lrr: unknown key; allowed: dataset"),
     (edited(W + ["grid", "optimizer"], ["sgd", "samm"]),
@@ -62,7 +62,7 @@ BAD = [  # (edit, substring the message must contain)
     (edited(["rho", "cpu"], None, delete=True),
      "rho.cpu: missing; this study has no settings for profile 'cpu'"),
     (edited(W + ["base", "schedule"], "linear"),
-     "width.cpu.base.schedule: got 'linear'; allowed: step, cosine, constant"),
+     "width.cpu.base.schedule: got 'linear'; allowed: step, step3, cosine, constant"),
     (edited(W + ["arms"], []), "width.cpu.arms: got []; allowed: a non-empty list of mappings"),
     (edited(["sparsity", "cpu", "arms"], [{"width": 64, "prune": "random"}]),
      "sparsity.cpu: sparsity: got 0 with prune='random'"),
