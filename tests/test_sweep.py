@@ -117,3 +117,32 @@ def test_commit_is_dirty_only_for_code_changes(tmp_path, monkeypatch):
     assert commit() == head
     (tmp_path / "samkit" / "sam.py").write_text("a = 2\n")
     assert commit() == head + "-dirty"
+
+
+def test_workers_give_bit_identical_results_to_a_serial_sweep(tmp_path):
+    """Two worker processes (one thread each) and one in-process run: same numbers, all runs
+    trained once; the result's key is config + NUMERICS_VERSION."""
+    cfgs = [TrainConfig(**TINY, seed=s, optimizer=o) for s in (0, 1) for o in ("sgd", "sam")]
+    serial = sweep.run(cfgs, cache=str(tmp_path / "a"), workers=1, progress=False)
+    parallel = sweep.run(cfgs, cache=str(tmp_path / "b"), workers=2, progress=False)
+    assert not parallel["cached"].any()
+    cols = [c for c in serial.columns if c.startswith(("final_", "best_"))]
+    pd.testing.assert_frame_equal(serial[cols], parallel[cols])
+    for k in serial["key"]:
+        a, b = (sweep.load_result(k, str(tmp_path / d)) for d in "ab")
+        assert a["history"] == b["history"] and b["numerics"] == sweep.NUMERICS_VERSION
+    assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))
+
+
+def test_a_shard_takes_every_nth_run(tmp_path):
+    cfgs = [TrainConfig(**TINY, seed=s) for s in range(3)]
+    sweep.train_missing(cfgs, str(tmp_path), progress=False, shard=(1, 2))
+    assert sorted(os.listdir(tmp_path)) == [f"{sweep.run_key(cfgs[1])}.json",
+                                           f"{sweep.run_key(cfgs[1])}.json.lock"]
+
+
+def test_numerics_version_is_part_of_the_key(monkeypatch):
+    cfg = TrainConfig(**TINY)
+    before = sweep.run_key(cfg)
+    monkeypatch.setattr(sweep, "NUMERICS_VERSION", sweep.NUMERICS_VERSION + 1)
+    assert sweep.run_key(cfg) != before
