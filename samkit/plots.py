@@ -321,3 +321,73 @@ def verdicts(book: dict):
     ax.set_title("What our runs say about each claim")
     stamp(fig, book)
     return fig
+
+
+# ----------------------------------------------------------------------------- paired effects
+
+def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = None,
+              labels: dict | None = None, xlabel: str | None = None,
+              ylabel: str = "SAM − SGD test accuracy (pp)", title: str | None = None,
+              ratio: bool = False, ax=None, alt: str | None = None):
+    """Paired effects (``estimate`` with its 95% CI ``low``..``high``) vs ``x`` on a log axis
+    with ticks at the actual values, one dodged series per ``hue`` (``labels`` maps a hue
+    value to its legend text); a zero line (1 for ratios); diverged pairs annotated."""
+    fig, ax = _fig(ax)
+    groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
+    palette = sns.color_palette(n_colors=max(1, len(groups)))
+    xs = sorted(table[x].unique())
+    for i, (color, (name, g)) in enumerate(zip(palette, groups)):
+        g = g.sort_values(x)
+        shift = 1.06 ** (i - (len(groups) - 1) / 2)  # dodge on the log axis
+        est, lo, hi = (g[c].to_numpy(float) for c in ("estimate", "low", "high"))
+        if ratio:
+            est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
+        else:
+            est, lo, hi = 100 * est, 100 * lo, 100 * hi
+        err = np.nan_to_num(np.vstack([est - lo, hi - est]), nan=0.0)
+        label = None if hue is None else (labels or {}).get(name, f"{hue} {name}")
+        ax.errorbar(g[x] * shift, est, yerr=err, marker="o", capsize=3, color=color,
+                    label=label)
+        _mark_diverged(ax, g.assign(estimate=est / (1 if ratio else 100)), x, "estimate",
+                       1 if ratio else 100)
+    ax.axhline(1 if ratio else 0, color="0.3", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [_tick(v) for v in xs])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    if ratio:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if hue is not None:
+        ax.legend(fontsize=8, loc="best", frameon=True)
+    if meta is not None:
+        stamp(fig, meta)
+    if alt:
+        fig.alt_text = alt
+    return fig
+
+
+def _tick(v) -> str:
+    v = float(v)
+    if v >= 1e6:
+        return f"{v / 1e6:.1f}M"
+    if v >= 1e4:
+        return f"{v / 1e3:.0f}k"
+    return f"{v:g}"
+
+
+def curves(history: pd.DataFrame, meta: dict | None, y: str = "test_acc", hue: str = "optimizer",
+           col: str | None = None, ylabel: str = "test accuracy (%)", percent: bool = True):
+    """Training curves from the stored per-epoch history (mean over seeds, 95% band), one
+    panel per ``col`` value."""
+    data = history.copy()
+    if percent:
+        data[y] = 100 * data[y]
+    g = sns.relplot(data=data, x="epoch", y=y, hue=hue, col=col, kind="line",
+                    errorbar=("ci", 95), height=3.0, aspect=1.1, facet_kws={"sharey": False})
+    g.set_axis_labels("epoch", ylabel)
+    if meta is not None:
+        stamp(g.figure, meta)
+    return g.figure

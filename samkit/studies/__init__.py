@@ -1,0 +1,165 @@
+"""One module per study: the claim it tests, and ``analyze(runs)`` -> tables and claims.
+
+A study module defines ``NAME``, ``TITLE``, ``QUESTION`` (one line) and
+``analyze(runs: DataFrame) -> Analysis``. Its runs come from its params.yaml section (the same
+``base``/``grid``/``arms`` schema for every study); ``run`` ties the pieces together for the
+study's notebook: configs -> cached runs -> analysis -> results/<profile>/<study>/.
+
+Adding a study: a module here (listed in ``MODULES``), its params.yaml block, its notebook.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .. import fmt, stats
+
+MODULES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
+           "hessian", "simplicity", "datasize")
+
+
+@dataclass
+class Claim:
+    """A tested claim: its words, its source, the measured effect and the verdict against δ.
+
+    ``unit``: "pp" (a difference of accuracies), "pp/doubling" (a width-trend slope) or
+    "ratio" (``effect`` is a difference of logs; shown as a ratio)."""
+    id: str
+    text: str
+    source: str
+    effect: stats.Effect
+    delta: float
+    delta_reason: str
+    direction: int = 1
+    unit: str = "pp"
+
+    @property
+    def verdict(self) -> str:
+        return stats.verdict(self.effect, self.delta, self.direction)
+
+    @property
+    def seeds_needed(self) -> int | None:
+        if self.verdict != "cannot tell":
+            return None
+        return stats.seeds_needed(self.effect, self.delta)
+
+    @property
+    def shown(self) -> str:
+        e = self.effect
+        if self.unit == "ratio":
+            return fmt.ratio(e.estimate, e.low, e.high)
+        s = fmt.pp(e.estimate, e.low, e.high)
+        return s.replace(" pp", " pp per doubling", 1) if self.unit == "pp/doubling" else s
+
+    @property
+    def delta_shown(self) -> str:
+        if self.unit == "ratio":
+            return f"×{math.exp(self.delta):.2f}"
+        return f"{100 * self.delta:.2f} pp"
+
+    def metrics(self) -> dict:
+        """What metrics.json (and `dvc exp show`) records of this claim."""
+        e = self.effect
+        return {"text": self.text, "source": self.source, "unit": self.unit,
+                "estimate": e.estimate, "ci_low": e.low, "ci_high": e.high, "n": e.n,
+                "delta": self.delta, "delta_reason": self.delta_reason,
+                "direction": self.direction, "verdict": self.verdict,
+                "seeds_needed": self.seeds_needed, "shown": self.shown,
+                "delta_shown": self.delta_shown, "explained": self.explained}
+
+    @property
+    def explained(self) -> str:
+        """The verdict with its reason, for prose and tables."""
+        v, side = self.verdict, "above" if self.direction > 0 else "below"
+        if v == "supports":
+            return f"supports: the 95% CI lies {side} 0"
+        if v == "contradicts":
+            inside = (self.effect.low > -self.delta and self.effect.high < self.delta)
+            return ("contradicts: the 95% CI lies inside ±" + self.delta_shown
+                    + " (no effect worth having at this scale)" if inside else
+                    "contradicts: the 95% CI lies on the other side of 0")
+        n = self.seeds_needed
+        if self.effect.n < 2:
+            return "cannot tell: fewer than 2 finished seed pairs"
+        more = (f"about {n} seeds would decide it" if n and n <= stats.MAX_SEEDS
+                else "no feasible number of seeds would decide it")
+        return f"cannot tell: the 95% CI spans 0 and reaches beyond ±{self.delta_shown}; {more}"
+
+
+@dataclass
+class Analysis:
+    tables: dict[str, pd.DataFrame]
+    claims: list[Claim]
+    facts: dict = field(default_factory=dict)   # other numbers the page's prose quotes
+
+    def metrics(self) -> dict:
+        return {"claims": {c.id: c.metrics() for c in self.claims}, "facts": self.facts}
+
+    def claim(self, claim_id: str) -> Claim:
+        for c in self.claims:
+            if c.id == claim_id:
+                return c
+        raise KeyError(f"no claim {claim_id!r}; has: {', '.join(c.id for c in self.claims)}")
+
+
+@dataclass
+class Study:
+    name: str
+    runs: pd.DataFrame
+    analysis: Analysis
+    meta: dict
+
+
+def module(name: str):
+    if name not in MODULES:
+        raise KeyError(f"unknown study {name!r}; known: {', '.join(MODULES)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def run(name: str, section: dict, profile: str, cache: str = "results/runs",
+        root: str = "results", progress: bool = False) -> Study:
+    """Configs from the study's params section -> cached runs -> analysis -> saved results."""
+    from .. import params, results, sweep
+    t0 = time.time()
+    runs = sweep.run(params.study_configs(name, section, profile), cache=cache,
+                     progress=progress)
+    analysis = module(name).analyze(runs)
+    analysis.facts.update(regime(runs))
+    meta = results.save(name, profile, runs, analysis.tables, params=section[profile],
+                        seconds=time.time() - t0, metrics=analysis.metrics(), root=root)
+    return Study(name, runs, analysis, meta)
+
+
+def regime(runs: pd.DataFrame) -> dict:
+    """The scale of a study in numbers, for its page: training images, epochs, seeds, the
+    final training accuracy reached (lowest and highest over the finished runs)."""
+    ok = runs[runs["status"] == "ok"]
+    out = {"runs": len(runs), "diverged": int((runs["status"] != "ok").sum()),
+           "seeds": int(runs["seed"].nunique()),
+           "epochs": ", ".join(str(e) for e in sorted(runs["epochs"].unique()))}
+    if "n_train" in runs:  # 0: the whole training set (less the validation split)
+        out["train_images"] = ", ".join(f"{int(n):,}" if n else "all"
+                                        for n in sorted(runs["n_train"].unique()))
+    if "final_train_acc" in ok and ok["final_train_acc"].notna().any():
+        out["final_train_acc_min"] = fmt.pct(float(ok["final_train_acc"].min()))
+        out["final_train_acc_max"] = fmt.pct(float(ok["final_train_acc"].max()))
+    return out
+
+
+def history(runs: pd.DataFrame, cache: str = "results/runs",
+            keep: tuple = ("model", "width", "optimizer", "seed", "tag")) -> pd.DataFrame:
+    """The stored per-epoch history of every finished run as one long table (one row per run
+    and evaluated epoch), with the ``keep`` columns of its run."""
+    from ..sweep import load_result
+    frames = []
+    for _, row in runs[runs["status"] == "ok"].iterrows():
+        h = pd.DataFrame(load_result(row["key"], cache)["history"])
+        for c in keep:
+            if c in row:
+                h[c] = row[c]
+        frames.append(h)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

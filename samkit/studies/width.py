@@ -1,0 +1,38 @@
+"""Width: does SAM's gain over SGD grow with the number of parameters? (Shin et al., Sec. 3)"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import stats
+from . import Analysis, Claim
+
+NAME = "width"
+TITLE = "Width: does SAM's gain grow with the number of parameters?"
+QUESTION = "Does SAM's gain over SGD grow with model size?"
+SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
+METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
+# Smallest effects worth having. Gain: 0.3 pp, about the smallest gain the paper reports as
+# meaningful (0.2-2 pp) and 3 test images in 1,000. Trend: 0.1 pp per doubling of the
+# parameters, i.e. 0.7 pp over the 7 doublings of a 128x wider model.
+DELTA_GAIN, DELTA_SLOPE = 0.003, 0.001
+
+
+def analyze(runs: pd.DataFrame) -> Analysis:
+    gain = stats.paired(runs, METRIC, SAM, SGD, by=["model", "width", "params"])
+    claims = []
+    for model, g in runs.groupby("model", sort=True):
+        widest = g["width"].max()
+        claims += [
+            Claim(f"{model}.grows", f"SAM's gain grows with the parameters ({model})",
+                  "Shin et al. Sec. 3", stats.slope(g, METRIC, SAM, SGD), DELTA_SLOPE,
+                  "0.1 pp per doubling: 0.7 pp over a 128x wider model", unit="pp/doubling"),
+            Claim(f"{model}.widest", f"SAM beats SGD at the widest {model} (width {widest})",
+                  "Shin et al. Sec. 3", _effect_at(gain, model, widest), DELTA_GAIN,
+                  "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
+        ]
+    return Analysis({"gain": gain}, claims)
+
+
+def _effect_at(gain: pd.DataFrame, model: str, width: int) -> stats.Effect:
+    row = gain[(gain["model"] == model) & (gain["width"] == width)].iloc[0]
+    return stats.Effect(row["estimate"], row["low"], row["high"], int(row["n"]), row["sd"])
