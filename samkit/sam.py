@@ -1,4 +1,5 @@
-"""Sharpness-Aware Minimization (Foret et al., 2021) and Adaptive SAM (Kwon et al., 2021).
+"""Sharpness-Aware Minimization (Foret et al., 2021), Adaptive SAM (Kwon et al., 2021) and
+cheaper variants.
 
 One SAM step is two gradient evaluations:
   1. g = ∇L(w);  ε = ρ·g/‖g‖           (ASAM: ε = ρ·T²g/‖Tg‖, T = |w| + η)
@@ -6,6 +7,10 @@ One SAM step is two gradient evaluations:
 
 ‖·‖ is ONE norm over every parameter of every group, as in the paper. Nothing here reads a
 tensor back to the host, so a step stays asynchronous on a GPU and capturable in a CUDA graph.
+
+Cheaper variants (each counts the gradient evaluations it used in ``grad_evals``):
+  SAM(interval=k)  the ascent and second pass on one step in k (MosaicML Composer's SAM);
+                   the others are plain base-optimizer steps: (k+1)/k evaluations per step.
 """
 from __future__ import annotations
 
@@ -16,8 +21,6 @@ from torch.optim import Optimizer
 
 from .bn import bn_frozen
 
-_SAM_KEYS = ("rho", "adaptive", "eta")
-
 
 class SAM(Optimizer):
     """SAM / ASAM wrapper around any ``torch.optim`` optimizer.
@@ -27,23 +30,46 @@ class SAM(Optimizer):
     instance already built on the same parameters (the style of the blog seed), whose
     param_groups SAM then shares.
 
+    ``interval=k`` (the ``interval`` of MosaicML Composer's SAM): only steps k, 2k, 3k, ...
+    (counting from 1) take the ascent and the second pass; the other steps are plain
+    base-optimizer steps with the gradient at w, and need ONE forward/backward. ``interval=1``
+    (the default) is SAM on every step.
+
     Use either ``step(closure, model=model)`` (``model`` freezes BatchNorm statistics in the
     second pass; see ``step``) or the explicit two-pass form::
 
         loss_fn(model(x), y).backward()
-        opt.first_step(zero_grad=True)
-        with bn_frozen(model):
-            loss_fn(model(x), y).backward()
+        if opt.first_step(zero_grad=True):  # False: this step needs no second pass
+            with bn_frozen(model):
+                loss_fn(model(x), y).backward()
         opt.second_step(zero_grad=True)
+
+    ``opt.needs_second_pass`` tells the same before the first pass. A loop that ignores the
+    answer (runs the second pass every step) still trains correctly, just without the saving:
+    on a skipped step ``first_step(zero_grad=True)`` sets the gradient aside and
+    ``second_step`` puts it back over whatever the extra pass computed.
+
+    ``grad_evals`` counts the forward/backward passes the steps so far required (2 per SAM
+    step, 1 per plain step); it is saved in ``state_dict``, with the step count that picks
+    the SAM steps.
     """
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False,
-                 eta=0.01, **base_kwargs):
+                 eta=0.01, interval=1, **base_kwargs):
         if not (isinstance(rho, (int, float)) and rho >= 0):
             raise ValueError(f"SAM: rho must be a number >= 0, got {rho!r}")
         if not (isinstance(eta, (int, float)) and eta >= 0):
             raise ValueError(f"SAM: eta must be a number >= 0, got {eta!r}")
-        sam_defaults = dict(rho=rho, adaptive=bool(adaptive), eta=eta)
+        if not (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1):
+            raise ValueError(f"SAM: interval must be an int >= 1, got {interval!r}")
+        # Per-group keys with SAM defaults; a subclass adds its own (LookSAM: alpha).
+        sam_defaults = dict(rho=rho, adaptive=bool(adaptive), eta=eta,
+                            **getattr(self, "_extra_defaults", {}))
+        self._sam_keys = tuple(sam_defaults)
+        self.interval = interval
+        self.grad_evals = 0  # forward/backward passes the completed steps required
+        self._sam_steps = 0  # completed steps: picks the steps that take the ascent
+        self._stashed = []  # gradients set aside on a skipped step (see the class docstring)
         if isinstance(base_optimizer, Optimizer):
             if base_kwargs:
                 raise ValueError("SAM: pass base_kwargs only with an optimizer class, "
@@ -61,11 +87,17 @@ class SAM(Optimizer):
         # One list of group dicts shared by SAM and its base: an LR scheduler or a user edit on
         # either object is seen by both.
         for group in self.base_optimizer.param_groups:
-            for key in _SAM_KEYS:
+            for key in self._sam_keys:
                 group.setdefault(key, sam_defaults[key])
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self.defaults.update(sam_defaults)
+
+    @property
+    def needs_second_pass(self):
+        """Whether the current step takes the ascent and a second forward/backward at w + ε
+        (valid from the start of a step until ``second_step`` ends it)."""
+        return self.interval == 1 or (self._sam_steps + 1) % self.interval == 0
 
     def _check_same_params(self, base):
         mine = {id(p) for g in self.param_groups for p in g["params"]}
@@ -79,7 +111,7 @@ class SAM(Optimizer):
         (a key the base group already has wins), so per-group values are not dropped."""
         owner = {id(p): g for g in self.param_groups for p in g["params"]}
         for group in base.param_groups:
-            for key in _SAM_KEYS:
+            for key in self._sam_keys:
                 values = {owner[id(p)][key] for p in group["params"]}
                 if key in group or not values:
                     continue
@@ -93,7 +125,7 @@ class SAM(Optimizer):
         ``base_optimizer.add_param_group`` gets SAM's defaults here (``add_param_group`` on SAM
         itself already fills them from ``self.defaults``)."""
         for group in self.param_groups:
-            for key in _SAM_KEYS:
+            for key in self._sam_keys:
                 if key not in group:
                     group[key] = self.defaults[key]
             yield group
@@ -109,21 +141,44 @@ class SAM(Optimizer):
 
     @torch.no_grad()
     def first_step(self, zero_grad=False, grad_scaler=None):
-        """Move to the adversarial point w + ε, remembering w.
+        """Move to the adversarial point w + ε, remembering w. Returns ``needs_second_pass``:
+        True when the caller should now run the second forward/backward (at w + ε).
+
+        On a step that skips the ascent (``interval``) nothing moves and False is returned;
+        ``zero_grad=True`` then sets the gradient aside for ``second_step`` instead of
+        dropping it.
 
         With an fp16 ``torch.amp.GradScaler``, pass it here and to ``second_step``: the
         gradients are unscaled first (ε does not depend on the loss scale, but the overflow
         check does), and a non-finite gradient gives ε = 0 instead of poisoning the weights.
         """
+        if not self.needs_second_pass:
+            if zero_grad:
+                self._stash_grads()
+            return False
         if grad_scaler is not None:
             grad_scaler.unscale_(self)
+        grads = list(self._grads())
+        self._first_pass(grads)
         groups = []
-        for group, ps, gs in self._grads():
+        for group, ps, gs in grads:
             t = None
             if group["adaptive"]:  # ASAM: T = |w| + η, norm taken of T·g
                 t = torch._foreach_add(torch._foreach_abs(ps), group["eta"])
                 gs = torch._foreach_mul(t, gs)
             groups.append((group, ps, gs, t))
+        self._ascend(groups, grad_scaler=grad_scaler)
+        if zero_grad:
+            self.zero_grad()
+        return True
+
+    def _first_pass(self, grads):
+        """Hook: sees (group, params, grads) of the first pass of a SAM step (LookSAM keeps g)."""
+
+    def _ascend(self, groups, grad_scaler=None, sign=1.0):
+        """w ← w + sign·ρ_group·ε_dir/‖dir‖ for (group, params, dirs, T) in ``groups``, with ONE
+        norm over all dirs, remembering w; ε_dir = dir, or T·dir for ASAM (T not None)."""
+        self._perturbed = []
         if not groups:
             return
         # Norms in at least float32 (an fp16 norm overflows at 65504), float64 kept as float64.
@@ -138,13 +193,12 @@ class SAM(Optimizer):
         # grad_scaler (where overflow is routine) the non-finite entries are zeroed below, since
         # inf·0 is NaN. Without one, a non-finite gradient spoils the step as in plain SGD.
         inv = torch.where(torch.isfinite(norm), 1.0 / (norm + 1e-12), torch.zeros_like(norm))
-        self._perturbed = []
         for group, ps, gs, t in groups:
             saved = [self._saved_weights(p) for p in ps]
             eps = gs if t is None else torch._foreach_mul(t, gs)  # ASAM: T·(T·g)
             if grad_scaler is not None:
                 eps = [torch.nan_to_num(e, nan=0.0, posinf=0.0, neginf=0.0) for e in eps]
-            scale = group["rho"] * inv
+            scale = (sign * group["rho"]) * inv  # sign·rho is exactly rho for SAM (sign=1)
             if _all_on_cpu(ps, scale):
                 # Write w + ε into the spare buffer and swap storages: w itself is kept, no
                 # copy made (two full weight copies are ~4% of a small model's CPU step).
@@ -160,8 +214,13 @@ class SAM(Optimizer):
                 torch._foreach_copy_(saved, ps)
                 _foreach_scale_add_(ps, eps, scale)
                 self._perturbed.append((ps, saved))
-        if zero_grad:
-            self.zero_grad()
+
+    def _stash_grads(self):
+        # Move, not copy: the tensors themselves are set aside and the .grad slots emptied.
+        self._stashed = [(p, p.grad) for g in self.param_groups for p in g["params"]
+                         if p.grad is not None]
+        for p, _ in self._stashed:
+            p.grad = None
 
     def _saved_weights(self, p):
         # A buffer kept across steps: no allocation per step (and CUDA-graph friendly). Made
@@ -188,12 +247,18 @@ class SAM(Optimizer):
 
     @torch.no_grad()
     def second_step(self, zero_grad=False, grad_scaler=None):
-        """Return to w and apply the base optimizer with the gradient taken at w + ε.
+        """Return to w and apply the base optimizer with the gradient taken at w + ε (on a
+        step that skipped the ascent: with the gradient at w). Ends the step.
 
         With ``grad_scaler`` the update goes through ``grad_scaler.step`` and is skipped when
         either pass overflowed; call ``grad_scaler.update()`` afterwards as usual.
         """
+        sam_step = self.needs_second_pass
         self.restore()
+        for p, g in self._stashed:  # a skipped step's gradient at w (see first_step)
+            p.grad = g
+        self._stashed = []
+        self._before_base_step(sam_step)
         if grad_scaler is None:
             self.base_optimizer.step()
         else:
@@ -203,12 +268,18 @@ class SAM(Optimizer):
         # two-pass form, so mark it too (else every epoch warns "lr_scheduler.step() before
         # optimizer.step()").
         self._opt_called = True
+        self._sam_steps += 1
+        self.grad_evals += 2 if sam_step else 1
         if zero_grad:
             self.zero_grad()
 
+    def _before_base_step(self, sam_step):
+        """Hook: may change the gradients the base optimizer is about to use (LookSAM)."""
+
     def step(self, closure=None, model=None):
         """One full SAM step. ``closure`` runs forward + backward and returns the loss; it is
-        called twice, each time on zeroed gradients. Returns the loss of the first pass.
+        called twice (once on a step that skips the ascent), each time on zeroed gradients.
+        Returns the loss of the first pass.
 
         ``model``: the module the closure runs. When given, the second (perturbed) pass runs
         under ``bn_frozen(model)``, so BatchNorm running statistics are updated once per step,
@@ -217,23 +288,39 @@ class SAM(Optimizer):
         passes, the second time at w + ε.
         """
         if closure is None:
-            raise RuntimeError("SAM.step needs a closure (forward + backward, returning the "
-                               "loss); or call first_step() and second_step() yourself")
+            raise RuntimeError(f"{type(self).__name__}.step needs a closure (forward + backward, "
+                               "returning the loss); or call first_step() and second_step() "
+                               "yourself")
         self.zero_grad()
         with torch.enable_grad():
             loss = closure()
-        self.first_step(zero_grad=True)
-        with torch.enable_grad(), (bn_frozen(model) if model is not None else nullcontext()):
-            closure()
+        if self.first_step(zero_grad=True):
+            with torch.enable_grad(), (bn_frozen(model) if model is not None else nullcontext()):
+                closure()
         self.second_step()
         return loss
 
     def zero_grad(self, set_to_none: bool = True):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
+    # Per-parameter state that outlives a step, saved by state_dict (LookSAM: g_v). The kept
+    # weight buffer "w" is scratch and is not saved.
+    _PERSISTENT = ()
+
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
     def state_dict(self):
-        """The base optimizer's full state (momentum, Adam moments, groups incl. rho)."""
-        return {"base_optimizer": self.base_optimizer.state_dict()}
+        """The base optimizer's full state (momentum, Adam moments, groups incl. rho), plus
+        SAM's own under "sam": the step count (which steps take the ascent), ``grad_evals``,
+        and per-parameter state that outlives a step, indexed like the base's state."""
+        own = {}
+        for i, p in enumerate(self._params()):
+            kept = {k: v for k, v in self.state.get(p, {}).items() if k in self._PERSISTENT}
+            if kept:
+                own[i] = kept
+        return {"base_optimizer": self.base_optimizer.state_dict(),
+                "sam": {"steps": self._sam_steps, "grad_evals": self.grad_evals, "state": own}}
 
     def load_state_dict(self, state_dict):
         if "base_optimizer" not in state_dict:
@@ -242,10 +329,23 @@ class SAM(Optimizer):
         self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
         # load_state_dict rebuilds the group dicts: share them again.
         self.param_groups = self.base_optimizer.param_groups
+        own = state_dict.get("sam", {})  # absent in dicts saved before the variants existed
+        self._sam_steps = int(own.get("steps", 0))
+        self.grad_evals = int(own.get("grad_evals", 0))
+        params = self._params()
+        for p in params:
+            for k in self._PERSISTENT:
+                self.state[p].pop(k, None)
+        for i, kept in own.get("state", {}).items():
+            p = params[int(i)]
+            for k, v in kept.items():
+                if k in self._PERSISTENT:  # a copy: later in-place updates stay ours
+                    self.state[p][k] = v.to(device=p.device, dtype=p.dtype, copy=True)
 
     # torch.optim.Optimizer pickles only defaults/state/param_groups, which would drop the base
     # optimizer (copy.deepcopy, pickle and torch.save of SAM all go through these two).
-    _PICKLED = ("base_optimizer", "_perturbed")
+    _PICKLED = ("base_optimizer", "_perturbed", "_stashed", "_sam_keys", "interval",
+                "grad_evals", "_sam_steps")
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -258,7 +358,7 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
 
     def __repr__(self):
-        return f"SAM({self.base_optimizer!r})"
+        return f"{type(self).__name__}({self.base_optimizer!r})"
 
 
 def _all_on_cpu(params, scale):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import os
 import pickle
 import socket
@@ -856,7 +855,8 @@ def test_sparse_embedding_gradients_match_float64_derivation(adaptive, path, mon
     ref_model = copy.deepcopy(model)
 
     def dense_grads(w, x, y):  # the reference works on dense gradients
-        return {k: g.to_dense() if g.is_sparse else g for k, g in _grads(ref_model, w, x, y).items()}
+        gs = _grads(ref_model, w, x, y)
+        return {k: g.to_dense() if g.is_sparse else g for k, g in gs.items()}
 
     rho, lr, eta = 0.2, 0.1, 0.05
     for x, y in batches:  # SAM + plain SGD (torch.optim.SGD takes sparse gradients), by hand
