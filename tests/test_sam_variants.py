@@ -2,6 +2,8 @@
 
 - SAM(interval=k): MosaicML Composer's SAM runs the ascent on steps where (step + 1) % k == 0
   (step counted from 0); the other steps are plain base-optimizer steps.
+- LookSAM (Liu et al., CVPR 2022, Algorithm 1): on t % k == 0, g_s = ∇L(w + ρg/‖g‖) and
+  g_v = g_s − ‖g_s‖·cosθ·g/‖g‖; otherwise g_s = g + α·(‖g‖/‖g_v‖)·g_v; w ← base(g_s).
 
 Every reference below is written from those equations with autograd gradients in float64
 (torch.func.functional_call), never from samkit's output; tolerances are float64's.
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samkit.bn import bn_frozen
-from samkit.sam import SAM
+from samkit.sam import SAM, LookSAM
 
 DT = torch.float64
 TOL = dict(rtol=0, atol=1e-12)
@@ -52,6 +54,10 @@ def _grad(model, w, x, y):
 
 def _norm(v):
     return torch.sqrt(sum((t * t).sum() for t in v.values()))
+
+
+def _dot(a, b):
+    return sum((a[k] * b[k]).sum() for k in a)
 
 
 def _sam_grad(model, w, x, y, rho, adaptive=False, eta=0.01):
@@ -93,6 +99,23 @@ def _ref_interval(model, batches, k, hp):
     for step, (x, y) in enumerate(batches):
         g = _sam_grad(model, w, x, y, rho)[1] if (step + 1) % k == 0 else _grad(model, w, x, y)
         w = sgd.step(w, g)
+    return w
+
+
+def _ref_looksam(model, batches, k, hp, adaptive=False, eta=0.01):
+    """Liu et al. 2022, Algorithm 1 (with the base optimizer's update for "w ← w − ηg_s")."""
+    w, sgd, g_v = _weights(model), _SGDRef(hp), None
+    rho = {n: hp[n]["rho"] for n in w}
+    for step, (x, y) in enumerate(batches):
+        if step % k == 0:
+            g, g_s = _sam_grad(model, w, x, y, rho, adaptive, eta)
+            cos = _dot(g, g_s) / (_norm(g) * _norm(g_s))
+            g_v = {n: g_s[n] - _norm(g_s) * cos * g[n] / _norm(g) for n in w}
+        else:
+            g = _grad(model, w, x, y)
+            scale = _norm(g) / _norm(g_v)
+            g_s = {n: g[n] + hp[n]["alpha"] * scale * g_v[n] for n in w}
+        w = sgd.step(w, g_s)
     return w
 
 
@@ -173,6 +196,36 @@ def test_interval_one_is_sam_every_step_and_counts_two():
     assert opt.grad_evals == counter.passes == 6
 
 
+# --------------------------------------------------------------------------- LookSAM
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("style", ["checked", "naive", "closure"])
+def test_looksam_matches_published_rule(style, adaptive):
+    model, batches = _mlp(), _batches(7)
+    hp = _hp(model, rho=0.1, lr=0.05, alpha=0.7, **SGD_HP)
+    ref = _ref_looksam(model, batches, 3, hp, adaptive=adaptive, eta=0.02)
+    opt = LookSAM(model.parameters(), torch.optim.SGD, rho=0.1, k=3, alpha=0.7, lr=0.05,
+                  adaptive=adaptive, eta=0.02, **SGD_HP)
+    counter = _Counted()
+    _train(model, opt, batches, style, counter)
+    _assert_weights(model, ref)
+    assert opt.grad_evals == 7 + 3  # SAM steps 0, 3, 6
+    assert counter.passes == (2 * 7 if style == "naive" else opt.grad_evals)
+
+
+def test_looksam_reuse_term_is_what_moves_the_weights():
+    """Sensitivity: alpha = 0 makes the in-between steps plain SGD (a different trajectory),
+    and LookSAM with k = 1 is SAM on every step."""
+    model, batches = _mlp(), _batches(5)
+    hp = _hp(model, rho=0.1, lr=0.05, alpha=0.7, **SGD_HP)
+    looksam = _ref_looksam(model, batches, 3, hp)
+    plain = _ref_looksam(model, batches, 3, _hp(model, rho=0.1, lr=0.05, alpha=0.0, **SGD_HP))
+    assert not torch.allclose(looksam["0.weight"], plain["0.weight"], atol=1e-6)
+    opt = LookSAM(model.parameters(), torch.optim.SGD, rho=0.1, k=1, lr=0.05, **SGD_HP)
+    _train(model, opt, batches, "checked", _Counted())
+    _assert_weights(model, _ref_interval(_mlp(), batches, 1, hp))
+
+
 # --------------------------------------------------------------------------- state, copies
 
 def _variants():
@@ -181,14 +234,19 @@ def _variants():
                                    interval=3, **SGD_HP),
                      lambda m, b: _ref_interval(m, b, 3, _hp(m, rho=0.1, lr=0.05, **SGD_HP)),
                      "checked"),
+        "looksam": (lambda m: LookSAM(m.parameters(), torch.optim.SGD, rho=0.1, k=3, alpha=0.7,
+                                      lr=0.05, **SGD_HP),
+                    lambda m, b: _ref_looksam(m, b, 3, _hp(m, rho=0.1, lr=0.05, alpha=0.7,
+                                                           **SGD_HP)),
+                    "checked"),
     }
 
 
 @pytest.mark.parametrize("how", ["state_dict", "deepcopy"])
-@pytest.mark.parametrize("variant", ["interval"])
+@pytest.mark.parametrize("variant", ["interval", "looksam"])
 def test_resume_mid_cycle_follows_the_reference(variant, how):
-    """Stop after 4 steps (between two SAM steps: the schedule's phase and the momentum are
-    live), resume in fresh objects, finish 7 steps on the reference."""
+    """Stop after 4 steps (between two SAM steps: LookSAM's g_v, the schedule's phase and the
+    momentum are all live), resume in fresh objects, finish 7 steps on the reference."""
     make, reference, style = _variants()[variant]
     model, batches = _mlp(), _batches(7)
     ref = reference(model, batches)
@@ -216,6 +274,8 @@ def test_resume_mid_cycle_follows_the_reference(variant, how):
     assert opt.grad_evals == evals
     _train(model, opt, batches[4:], style, _Counted())
     _assert_weights(model, ref)
+    if variant == "looksam":
+        assert len(opt.state_dict()["sam"]["state"]) == 6  # a g_v for each parameter
 
 
 def test_loads_a_state_dict_saved_before_the_variants():
@@ -232,7 +292,7 @@ def test_loads_a_state_dict_saved_before_the_variants():
 
 # --------------------------------------------------------------------------- no host sync
 
-@pytest.mark.parametrize("variant", ["interval"])
+@pytest.mark.parametrize("variant", ["interval", "looksam"])
 def test_variant_steps_do_not_sync_with_the_host(variant, monkeypatch):
     make, _, _ = _variants()[variant]
     model, batches = _mlp(), _batches(4)
@@ -263,3 +323,12 @@ def test_variant_arguments_are_validated():
         SAM(m.parameters(), torch.optim.SGD, lr=0.1, interval=0)
     with pytest.raises(ValueError, match="interval must be an int >= 1"):
         SAM(m.parameters(), torch.optim.SGD, lr=0.1, interval=2.0)
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        LookSAM(m.parameters(), torch.optim.SGD, lr=0.1, k=0)
+    with pytest.raises(ValueError, match="alpha must be a number >= 0"):
+        LookSAM(m.parameters(), torch.optim.SGD, lr=0.1, alpha=-1.0)
+    with pytest.raises(TypeError, match="pass k, not interval"):
+        LookSAM(m.parameters(), torch.optim.SGD, lr=0.1, interval=2)
+    opt = LookSAM(m.parameters(), torch.optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match="grad_scaler is not supported"):
+        opt.first_step(grad_scaler=object())
