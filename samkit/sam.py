@@ -13,6 +13,8 @@ Cheaper variants (each counts the gradient evaluations it used in ``grad_evals``
                    the others are plain base-optimizer steps: (k+1)/k evaluations per step.
   LookSAM          SAM every k steps, in between the plain gradient plus a reused component
                    of the last SAM gradient (Liu et al., CVPR 2022): (k+1)/k per step.
+  MomentumSAM      ε from the SGD momentum buffer, before the only pass (Becker et al., 2023):
+                   1 evaluation per step.
 """
 from __future__ import annotations
 
@@ -462,6 +464,83 @@ class LookSAM(SAM):
         ratio = torch.where(v_norm > 0, g_norm / v_norm, torch.zeros_like(v_norm))
         for (group, _), g, v in zip(pairs, gs, vs):
             g.add_(v * (group["alpha"] * ratio).to(g.device))
+
+
+class MomentumSAM(SAM):
+    """Momentum-SAM (MSAM): Becker, Altrock, Risse, "Momentum-SAM: Sharpness Aware Minimization
+    without Computational Overhead", 2023 (arXiv:2401.12033); the rule of the authors' code.
+
+    The perturbation follows the NEGATIVE SGD momentum buffer v (torch's convention: v ← μv + g,
+    w ← w − lr·v) instead of a fresh gradient, so it is known before the forward pass and a
+    step costs ONE forward/backward::
+
+        w̃ = w − ρ·v/‖v‖;  g = ∇L(w̃);  w ← w (exact copy back);  SGD-momentum step with g at w
+
+    The first step (no momentum yet) is a plain SGD step. ``base_optimizer`` must be
+    ``torch.optim.SGD`` (class or instance) with momentum > 0; ``rho`` (per group, default
+    0.3 as in the authors' code) is the radius. Weight decay is applied by the base at w,
+    whereas the authors' code adds it at w̃ (a difference of weight_decay·ρ per step).
+
+    Use ``step(closure)`` or::
+
+        opt.first_step(zero_grad=True)        # to w̃, BEFORE the forward pass; returns False
+        loss_fn(model(x), y).backward()       # the only pass (BN statistics update here, at w̃)
+        opt.second_step(zero_grad=True)       # back to w, SGD step with ∇L(w̃)
+
+    Between steps the model holds the unperturbed w (evaluate and checkpoint as usual).
+    """
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.3, **base_kwargs):
+        for key in ("adaptive", "eta", "interval"):
+            if key in base_kwargs:
+                raise TypeError(f"MomentumSAM: no {key!r} option (one pass per step, ε from the "
+                                "momentum buffer)")
+        base_cls = base_optimizer if isinstance(base_optimizer, type) else type(base_optimizer)
+        if not issubclass(base_cls, torch.optim.SGD):
+            raise TypeError("MomentumSAM: base_optimizer must be torch.optim.SGD (class or "
+                            "instance): the perturbation follows its momentum buffer; got "
+                            f"{base_optimizer!r}")
+        super().__init__(params, base_optimizer, rho=rho, **base_kwargs)
+        for i, group in enumerate(self.param_groups):
+            if not group["momentum"] > 0:
+                raise ValueError("MomentumSAM: every param group needs momentum > 0 (the "
+                                 f"perturbation follows the momentum buffer); group {i} has "
+                                 f"momentum={group['momentum']!r}")
+
+    @property
+    def needs_second_pass(self):
+        return False
+
+    @torch.no_grad()
+    def first_step(self, zero_grad=False, grad_scaler=None):
+        """Move to w̃ = w − ρ·v/‖v‖ (call BEFORE the forward pass), remembering w. Returns
+        False: the step needs no second pass. ``grad_scaler`` is accepted for a uniform loop
+        and unused here (no gradient is read); pass it to ``second_step``."""
+        groups = []
+        for group in self._groups():
+            ps = [p for p in group["params"]
+                  if self.base_optimizer.state.get(p, {}).get("momentum_buffer") is not None]
+            if ps:
+                vs = [self.base_optimizer.state[p]["momentum_buffer"] for p in ps]
+                groups.append((group, ps, vs, None))
+        self._ascend(groups, sign=-1.0)
+        if zero_grad:
+            self.zero_grad()
+        return False
+
+    def step(self, closure=None, model=None):
+        """One MSAM step: ``first_step``, ``closure()`` (forward + backward at w̃, returning the
+        loss), ``second_step``. Returns the loss at w̃. ``model`` is accepted for a uniform
+        loop and has no effect: the only pass is the one BatchNorm statistics come from."""
+        if closure is None:
+            raise RuntimeError("MomentumSAM.step needs a closure (forward + backward, returning "
+                               "the loss); or call first_step() before the forward pass and "
+                               "second_step() after the backward")
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            loss = closure()
+        self.second_step()
+        return loss
 
 
 def _all_on_cpu(params, scale):

@@ -4,6 +4,8 @@
   (step counted from 0); the other steps are plain base-optimizer steps.
 - LookSAM (Liu et al., CVPR 2022, Algorithm 1): on t % k == 0, g_s = ∇L(w + ρg/‖g‖) and
   g_v = g_s − ‖g_s‖·cosθ·g/‖g‖; otherwise g_s = g + α·(‖g‖/‖g_v‖)·g_v; w ← base(g_s).
+- Momentum-SAM (Becker et al., 2023; the authors' code): w̃ = w − ρ·v/‖v‖ with v the SGD
+  momentum buffer (v ← μv + d, w ← w − lr·v); g = ∇L(w̃); the SGD step is taken at w.
 
 Every reference below is written from those equations with autograd gradients in float64
 (torch.func.functional_call), never from samkit's output; tolerances are float64's.
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samkit.bn import bn_frozen
-from samkit.sam import SAM, LookSAM
+from samkit.sam import SAM, LookSAM, MomentumSAM
 
 DT = torch.float64
 TOL = dict(rtol=0, atol=1e-12)
@@ -119,6 +121,22 @@ def _ref_looksam(model, batches, k, hp, adaptive=False, eta=0.01):
     return w
 
 
+def _ref_msam(model, batches, hp):
+    """Momentum-SAM: w̃ = w − ρ·v/(‖v‖ + 1e-12) (no perturbation before the first step, as the
+    authors' zero-initialised buffers give); g = ∇L(w̃); SGD-momentum step at w (weight decay
+    taken at w: samkit's documented choice; the tests below that pin the authors' exact rule
+    use weight_decay=0, where the two agree)."""
+    w, sgd = _weights(model), _SGDRef(hp)
+    for x, y in batches:
+        if sgd.buf:
+            inv = 1.0 / (_norm(sgd.buf) + 1e-12)
+            w_tilde = {n: w[n] - hp[n]["rho"] * inv * sgd.buf[n] for n in w}
+        else:
+            w_tilde = w
+        w = sgd.step(w, _grad(model, w_tilde, x, y))
+    return w
+
+
 def _assert_weights(model, w, **tol):
     got = dict(model.named_parameters())
     assert set(got) == set(w)
@@ -145,6 +163,10 @@ def _train(model, opt, batches, style, counter, scaler=None):
     for x, y in batches:
         if style == "closure":
             opt.step(lambda: counter(model, x, y), model=model)
+        elif style == "msam":  # Momentum-SAM's form: perturb first, then the only pass
+            opt.first_step(zero_grad=True)
+            counter(model, x, y)
+            opt.second_step(zero_grad=True)
         elif style == "scaler":
             counter.passes += 1
             scaler.scale(F.cross_entropy(model(x), y)).backward()
@@ -226,6 +248,42 @@ def test_looksam_reuse_term_is_what_moves_the_weights():
     _assert_weights(model, _ref_interval(_mlp(), batches, 1, hp))
 
 
+# --------------------------------------------------------------------------- Momentum-SAM
+
+@pytest.mark.parametrize("style", ["msam", "closure"])
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
+def test_momentum_sam_matches_published_rule(style, weight_decay):
+    model, batches = _mlp(), _batches(5)
+    hp = _hp(model, rho=0.3, lr=0.05, momentum=0.9, weight_decay=weight_decay, nesterov=False)
+    ref = _ref_msam(model, batches, hp)
+    opt = MomentumSAM(model.parameters(), rho=0.3, lr=0.05, momentum=0.9,
+                      weight_decay=weight_decay)
+    counter = _Counted()
+    _train(model, opt, batches, style, counter)
+    _assert_weights(model, ref)
+    assert opt.grad_evals == counter.passes == 5
+
+
+def test_momentum_sam_perturbs_against_the_momentum_before_the_pass():
+    """L(w) = ½‖w‖²: ∇L(w̃) = w̃, so the step after one with momentum v is closed-form."""
+    w0 = torch.tensor([1.0, -2.0, 0.5], dtype=DT)
+    w = nn.Parameter(w0.clone())
+    rho, lr, mu = 0.3, 0.1, 0.9
+    opt = MomentumSAM([w], rho=rho, lr=lr, momentum=mu)
+    opt.step(lambda: (0.5 * (w * w).sum()).backward())  # v1 = w0 (no perturbation yet)
+    w1 = w0 - lr * w0
+    torch.testing.assert_close(w.detach(), w1, **TOL)
+    seen = []
+
+    def closure():
+        seen.append(w.detach().clone())
+        (0.5 * (w * w).sum()).backward()
+    opt.step(closure)
+    w_tilde = w1 - rho * w0 / w0.norm()  # ε = −ρ·v/‖v‖
+    torch.testing.assert_close(seen[0], w_tilde, **TOL)
+    torch.testing.assert_close(w.detach(), w1 - lr * (mu * w0 + w_tilde), **TOL)
+
+
 # --------------------------------------------------------------------------- state, copies
 
 def _variants():
@@ -239,11 +297,15 @@ def _variants():
                     lambda m, b: _ref_looksam(m, b, 3, _hp(m, rho=0.1, lr=0.05, alpha=0.7,
                                                            **SGD_HP)),
                     "checked"),
+        "msam": (lambda m: MomentumSAM(m.parameters(), rho=0.3, lr=0.05, momentum=0.9),
+                 lambda m, b: _ref_msam(m, b, _hp(m, rho=0.3, lr=0.05, momentum=0.9,
+                                                  weight_decay=0.0, nesterov=False)),
+                 "msam"),
     }
 
 
 @pytest.mark.parametrize("how", ["state_dict", "deepcopy"])
-@pytest.mark.parametrize("variant", ["interval", "looksam"])
+@pytest.mark.parametrize("variant", ["interval", "looksam", "msam"])
 def test_resume_mid_cycle_follows_the_reference(variant, how):
     """Stop after 4 steps (between two SAM steps: LookSAM's g_v, the schedule's phase and the
     momentum are all live), resume in fresh objects, finish 7 steps on the reference."""
@@ -292,9 +354,9 @@ def test_loads_a_state_dict_saved_before_the_variants():
 
 # --------------------------------------------------------------------------- no host sync
 
-@pytest.mark.parametrize("variant", ["interval", "looksam"])
+@pytest.mark.parametrize("variant", ["interval", "looksam", "msam"])
 def test_variant_steps_do_not_sync_with_the_host(variant, monkeypatch):
-    make, _, _ = _variants()[variant]
+    make, _, style = _variants()[variant]
     model, batches = _mlp(), _batches(4)
     opt = make(model)
 
@@ -309,9 +371,13 @@ def test_variant_steps_do_not_sync_with_the_host(variant, monkeypatch):
             return fn(**kw)
 
     for x, y in batches:  # SAM steps and cheap steps alike
-        F.cross_entropy(model(x), y).backward()
-        if no_sync(opt.first_step, zero_grad=True):
+        if style == "msam":
+            no_sync(opt.first_step, zero_grad=True)
             F.cross_entropy(model(x), y).backward()
+        else:
+            F.cross_entropy(model(x), y).backward()
+            if no_sync(opt.first_step, zero_grad=True):
+                F.cross_entropy(model(x), y).backward()
         no_sync(opt.second_step, zero_grad=True)
 
 
@@ -329,6 +395,14 @@ def test_variant_arguments_are_validated():
         LookSAM(m.parameters(), torch.optim.SGD, lr=0.1, alpha=-1.0)
     with pytest.raises(TypeError, match="pass k, not interval"):
         LookSAM(m.parameters(), torch.optim.SGD, lr=0.1, interval=2)
+    with pytest.raises(TypeError, match="must be torch.optim.SGD"):
+        MomentumSAM(m.parameters(), torch.optim.Adam, lr=0.1)
+    with pytest.raises(ValueError, match="momentum > 0"):
+        MomentumSAM(m.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="no 'adaptive' option"):
+        MomentumSAM(m.parameters(), lr=0.1, momentum=0.9, adaptive=True)
     opt = LookSAM(m.parameters(), torch.optim.SGD, lr=0.1)
     with pytest.raises(ValueError, match="grad_scaler is not supported"):
         opt.first_step(grad_scaler=object())
+    with pytest.raises(RuntimeError, match="MomentumSAM.step needs a closure"):
+        MomentumSAM(m.parameters(), lr=0.1, momentum=0.9).step()
