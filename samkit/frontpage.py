@@ -1,0 +1,162 @@
+"""The book's front page: every study's tested claims in one table, the answer in three
+sentences and the advice list, all computed from the studies' saved metrics.json."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+
+from . import fmt
+from .studies import MODULES, module
+
+# What a practitioner should take from a claim, by its verdict. The numbers come from the
+# claim ({shown}); a missing claim raises (a renamed metric is an error, not "n/a").
+ADVICE = {
+    ("width", "mlp.widest"): {
+        "supports": "On a wide model SAM pays: {shown} test accuracy over SGD at the widest MLP.",
+        "contradicts": "On these models SAM gave no gain worth having even at the widest "
+                       "MLP ({shown}).",
+        "cannot tell": "At the widest MLP SAM's gain ({shown}) is not yet resolved."},
+    ("width", "mlp.grows"): {
+        "supports": "The wider the model, the more SAM helps: {shown}.",
+        "contradicts": "SAM's gain does not grow with width here ({shown}).",
+        "cannot tell": "Whether SAM's gain grows with width is unresolved ({shown})."},
+    ("noise", "amplified"): {
+        "supports": "With noisy labels SAM's advantage on a wide model is larger ({shown} more "
+                    "than without noise): reach for SAM first when labels are noisy.",
+        "contradicts": "Label noise did not enlarge SAM's advantage here ({shown}).",
+        "cannot tell": "Whether label noise enlarges SAM's advantage is unresolved ({shown})."},
+    ("compute", "widest_vs_2x"): {
+        "supports": "At equal compute SAM still wins: SAM − SGD with twice the epochs = {shown} "
+                    "on the widest model.",
+        "contradicts": "At equal compute, spend it on SGD epochs instead: SAM − SGD 2× = "
+                       "{shown} on the widest model.",
+        "cannot tell": "At equal compute SAM and SGD with twice the epochs are not told apart "
+                       "({shown})."},
+    ("headline", "sam150_acc"): {
+        "supports": "The blog's protocol holds at this scale: SAM with half the epochs beats "
+                    "SGD by {shown}.",
+        "contradicts": "The blog's protocol does not hold at this scale: SAM with half the "
+                       "epochs − SGD = {shown}.",
+        "cannot tell": "The blog's protocol is not settled at this scale ({shown})."},
+}
+
+
+def claims(profile: str, root: str = "results") -> pd.DataFrame:
+    """One row per tested claim of every study that has results: study, id, text, source,
+    effect, CI, unit, δ, verdict (and explanation); studies without results are absent."""
+    rows = []
+    for name in MODULES:
+        meta = load(name, profile, root)
+        if meta is None:
+            continue
+        for cid, c in meta["metrics"]["claims"].items():
+            rows.append({"study": name, "id": cid, **c})
+    cols = ["study", "id", "text", "source", "unit", "estimate", "ci_low", "ci_high", "n",
+            "delta", "verdict", "explained", "shown", "seeds_needed"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def load(study: str, profile: str, root: str = "results") -> dict | None:
+    path = os.path.join(root, profile, study, "metrics.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def answer(profile: str, root: str = "results") -> dict:
+    """The front page's numbers: scale, verdict counts, the answer sentences, the advice."""
+    table = claims(profile, root)
+    metas = {n: load(n, profile, root) for n in MODULES}
+    done = {n: m for n, m in metas.items() if m is not None}
+    width = done.get("width")
+    facts = width["metrics"]["facts"] if width else {}
+    pp_claims = table[table["unit"] == "pp"]
+    halves = 100 * (pp_claims["ci_high"] - pp_claims["ci_low"]) / 2
+    counts = table["verdict"].value_counts()
+    out = {
+        "profile": profile, "studies_run": len(done), "studies": len(MODULES),
+        "missing": ", ".join(n for n in MODULES if n not in done) or "none",
+        "claims": len(table), "supports": int(counts.get("supports", 0)),
+        "contradicts": int(counts.get("contradicts", 0)),
+        "cannot_tell": int(counts.get("cannot tell", 0)),
+        "runs": sum(m["n_runs"] for m in done.values()),
+        "run_hours": f"{sum(m['run_seconds'] for m in done.values()) / 3600:.1f}",
+        "train_images": facts.get("train_images", "n/a"), "epochs": facts.get("epochs", "n/a"),
+        "seeds": facts.get("seeds", "n/a"),
+        "resolution": f"{np.nanmedian(halves):.2f} pp" if len(halves.dropna()) else "n/a",
+        "supported": _list(table, "supports"), "contradicted": _list(table, "contradicts"),
+        "unresolved": _list(table, "cannot tell"),
+        "cost": _cost(done.get("compute")),
+        "advice": advice(table),
+    }
+    return out
+
+
+def _list(table: pd.DataFrame, verdict: str) -> str:
+    t = table[table["verdict"] == verdict]
+    return "; ".join(f"{r.text} ({r.shown})" for r in t.itertuples()) or "none"
+
+
+def _cost(compute: dict | None) -> str:
+    if compute is None:
+        return "n/a (the compute study has no results)"
+    return str(compute["metrics"]["facts"].get("time_ratio_widest", "n/a"))
+
+
+def advice(table: pd.DataFrame) -> list[str]:
+    """One line per ADVICE entry whose study has results, chosen by that claim's verdict."""
+    lines = []
+    for (study, cid), by_verdict in ADVICE.items():
+        if study not in set(table["study"]):
+            continue
+        row = table[(table["study"] == study) & (table["id"] == cid)]
+        if row.empty:
+            raise KeyError(f"front page: study {study!r} has no claim {cid!r} "
+                           f"(renamed? update frontpage.ADVICE)")
+        r = row.iloc[0]
+        lines.append(by_verdict[r["verdict"]].format(shown=r["shown"]))
+    return lines
+
+
+def forest(table: pd.DataFrame):
+    """Every claim's effect with its 95% CI, coloured by verdict, one panel per unit."""
+    import matplotlib.pyplot as plt
+    colors = {"supports": "#2a9d8f", "contradicts": "#e76f51", "cannot tell": "#8d99ae"}
+    units = [u for u in ("pp", "pp/doubling", "ratio") if u in set(table["unit"])]
+    sizes = [max(1, (table["unit"] == u).sum()) for u in units]
+    fig, axes = plt.subplots(len(units), 1, figsize=(8.5, 0.32 * sum(sizes) + 1.2 * len(units)),
+                             gridspec_kw={"height_ratios": sizes}, squeeze=False)
+    for ax, unit in zip(axes[:, 0], units):
+        t = table[table["unit"] == unit].reset_index(drop=True)
+        scale = (lambda v: np.exp(v)) if unit == "ratio" else (lambda v: 100 * np.asarray(v))
+        est, lo, hi = scale(t["estimate"]), scale(t["ci_low"]), scale(t["ci_high"])
+        ys = np.arange(len(t))[::-1]
+        for y, e, l, h, v in zip(ys, est, lo, hi, t["verdict"]):
+            ax.errorbar([e], [y], xerr=[[max(e - l, 0) if math.isfinite(l) else 0],
+                                       [max(h - e, 0) if math.isfinite(h) else 0]],
+                        fmt="o", color=colors[v], capsize=3)
+        ax.axvline(1 if unit == "ratio" else 0, color="0.3", lw=0.8, ls="--")
+        ax.set_yticks(ys, [f"{s}: {x}" for s, x in zip(t["study"], t["text"])], fontsize=7)
+        if unit == "ratio":
+            ax.set_xscale("log")
+        ax.set_xlabel({"pp": "SAM − SGD (percentage points)",
+                       "pp/doubling": "change of SAM's gain per doubling (pp)",
+                       "ratio": "SAM / SGD (ratio)"}[unit], fontsize=8)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in
+               colors.items()]
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right", frameon=True)
+    axes[0, 0].set_title("Every tested claim: effect and 95% CI, coloured by verdict")
+    fig.tight_layout()
+    return fig
+
+
+def claims_table(table: pd.DataFrame):
+    """The claims as a readable table (no index, units in the cells)."""
+    shown = table[["study", "text", "source", "shown", "explained"]].rename(columns={
+        "text": "claim", "shown": "effect [95% CI]", "explained": "verdict"})
+    return shown.style.hide(axis="index")
