@@ -87,7 +87,7 @@ def answer(profile: str, root: str = "results") -> dict:
         "runs": sum(m["n_runs"] for m in done.values()),
         "run_hours": f"{sum(m['run_seconds'] for m in done.values()) / 3600:.1f}",
         "train_images": facts.get("train_images", "n/a"), "epochs": facts.get("epochs", "n/a"),
-        "seeds": facts.get("seeds", "n/a"),
+        "seeds": facts.get("seeds", "n/a"), "models": facts.get("models", "n/a"),
         "resolution": f"{np.nanmedian(halves):.2f} pp" if len(halves.dropna()) else "n/a",
         "supported": _list(table, "supports"), "contradicted": _list(table, "contradicts"),
         "unresolved": _list(table, "cannot tell"),

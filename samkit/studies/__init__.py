@@ -141,6 +141,16 @@ def regime(runs: pd.DataFrame) -> dict:
     out = {"runs": len(runs), "diverged": int((runs["status"] != "ok").sum()),
            "seeds": int(runs["seed"].nunique()),
            "epochs": ", ".join(str(e) for e in sorted(runs["epochs"].unique()))}
+    names = {"mlp": "MLP", "preact_resnet18": "PreAct ResNet-18", "one_hidden_relu":
+             "one-hidden-layer ReLU net"}
+    models = []
+    for model, g in runs.groupby("model", sort=True):
+        depth = (f" with {int(g['depth'].iloc[0])} hidden layers"
+                 if model == "mlp" and "depth" in g else "")
+        lo, hi = int(g["width"].min()), int(g["width"].max())
+        models.append(f"{names.get(model, model)}{depth}, width "
+                      + (f"{lo}" if lo == hi else f"{lo} to {hi}"))
+    out["models"] = "; ".join(models)
     if "n_train" in runs:  # 0: the whole training set (less the validation split)
         out["train_images"] = ", ".join(f"{int(n):,}" if n else "all"
                                         for n in sorted(runs["n_train"].unique()))
@@ -163,3 +173,24 @@ def history(runs: pd.DataFrame, cache: str = "results/runs",
                 h[c] = row[c]
         frames.append(h)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ensure_columns(runs: pd.DataFrame, columns) -> pd.DataFrame:
+    """``runs`` with every column of ``columns`` present (NaN where missing): a run table
+    whose runs all diverged has no ``best_*``/``final_*`` metrics at all."""
+    missing = [c for c in columns if c not in runs]
+    return runs.assign(**{c: float("nan") for c in missing}) if missing else runs
+
+
+def status_line(runs: pd.DataFrame) -> str:
+    """How many runs finished, in words, for a page's prose (says so when all diverged)."""
+    n, bad = len(runs), int((runs["status"] != "ok").sum())
+    if n == 0:
+        return "there are no runs, so nothing can be compared and every verdict is cannot tell"
+    if bad == 0:
+        return f"all {fmt.count(n, 'run')} finished"
+    if bad == n:
+        return (f"all {fmt.count(n, 'run')} diverged, so nothing can be compared and every "
+                "verdict is cannot tell")
+    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
+            "left out of the effects and counted in the tables")
