@@ -463,7 +463,7 @@ class LookSAM(SAM):
         v_norm = _global_norm([s["g_v"] for s in self.state.values() if "g_v" in s])
         ratio = torch.where(v_norm > 0, g_norm / v_norm, torch.zeros_like(v_norm))
         for (group, _), g, v in zip(pairs, gs, vs):
-            g.add_(v * (group["alpha"] * ratio).to(g.device))
+            g.addcmul_(v, (group["alpha"] * ratio).to(g.device))  # fused: no temporary α·g_v
 
 
 class MomentumSAM(SAM):
