@@ -1,0 +1,131 @@
+"""Regularization: does the width trend of SAM's gain need weight decay and early stopping?
+(Shin et al., Sec. 5, Fig. 5c-d)
+
+Three variants of the same widths, optimizers and seeds:
+
+- ``regularized``: weight decay and early stopping (test accuracy at the epoch of best
+  validation accuracy, ``best_test_acc``);
+- ``no weight decay``: weight decay 0, still early-stopped;
+- ``no early stopping``: the last epoch's test accuracy (``final_test_acc``). If the runs have
+  an arm tagged ``no early stopping`` (trained with early_stopping false) its runs are used;
+  otherwise the variant is read from the last epoch of the ``regularized`` runs themselves
+  (the cpu profile: same runs, no retraining).
+
+Per variant the trend is the seed-paired slope of SAM − SGD on log2(parameters). "The trend
+needs <regularizer>" is, per seed, slope(regularized) − slope(without it) > 0, with its mean
+and t-interval over the seeds both variants finished (each seed is the same data subset in
+every variant).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import fmt, stats
+from . import Analysis, Claim
+
+NAME = "regularization"
+TITLE = "Regularization: does SAM's width trend survive without weight decay or early stopping?"
+QUESTION = "Does the growth of SAM's gain with width need weight decay and early stopping?"
+SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
+REGULARIZED, NO_WD, NO_ES = "regularized", "no weight decay", "no early stopping"
+VARIANTS = (REGULARIZED, NO_WD, NO_ES)
+ABLATIONS = {NO_WD: "weight_decay", NO_ES: "early_stopping"}  # ablation -> what it removes
+SOURCE = "Shin et al. Sec. 5, Fig. 5c-d"
+# Smallest trend of interest: 0.1 pp per doubling of the parameters, the width study's
+# (0.7 pp over a 128x wider model). A difference of two trends uses the same scale.
+DELTA_SLOPE = 0.001
+DELTA_REASON = "0.1 pp per doubling: 0.7 pp over a 128x wider model (the width study's δ)"
+EFFECT_COLUMNS = ["estimate", "low", "high", "n", "sd", "diverged", "treatment", "control"]
+
+
+def slug(variant: str) -> str:
+    return variant.replace(" ", "_")
+
+
+def variant_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, run) with the variant's test accuracy in column ``acc``."""
+    runs = _ensure(runs, ["tag", "best_test_acc", "final_test_acc"])
+    reg = runs[runs["tag"] == REGULARIZED]
+    wd = runs[runs["tag"] == NO_WD]
+    es = runs[runs["tag"] == NO_ES]
+    frames = [reg.assign(variant=REGULARIZED, acc=reg["best_test_acc"]),
+              wd.assign(variant=NO_WD, acc=wd["best_test_acc"]),
+              (es if len(es) else reg).assign(variant=NO_ES,
+                                              acc=(es if len(es) else reg)["final_test_acc"])]
+    return pd.concat(frames, ignore_index=True)
+
+
+def seed_slopes(v: pd.DataFrame) -> dict:
+    """Per seed, the least-squares slope of SAM − SGD (``acc``) on log2(parameters); a seed
+    needs finished pairs at >= 2 sizes. The same rule as ``stats.slope``."""
+    p = stats.pairs(v, "acc", SAM, SGD, ["params"])
+    out = {}
+    for seed, g in p[p["ok"]].groupby("seed"):
+        if g["params"].nunique() >= 2:
+            out[seed] = float(np.polyfit(np.log2(g["params"].astype(float)), g["diff"], 1)[0])
+    return out
+
+
+def analyze(runs: pd.DataFrame) -> Analysis:
+    tags = sorted(map(str, runs["tag"].unique())) if "tag" in runs else []
+    if REGULARIZED not in tags:
+        raise ValueError(f"regularization: no runs tagged {REGULARIZED!r} (tags: "
+                         f"{', '.join(tags) or 'none'}); its arms need {{tag: regularized}}")
+    v = variant_runs(runs)
+    gain = _paired(v, ["variant", "width", "params"])
+    by_variant = {name: v[v["variant"] == name] for name in VARIANTS}
+    slopes = {name: seed_slopes(g) for name, g in by_variant.items()}
+    claims = []
+    for name in VARIANTS:
+        claims.append(Claim(
+            f"trend_{slug(name)}",
+            f"SAM's gain grows with the parameters ({name})", SOURCE,
+            stats.slope(by_variant[name], "acc", SAM, SGD), DELTA_SLOPE, DELTA_REASON,
+            unit="pp/doubling"))
+    for ablation, removed in ABLATIONS.items():
+        both = sorted(set(slopes[REGULARIZED]) & set(slopes[ablation]))
+        diffs = [slopes[REGULARIZED][s] - slopes[ablation][s] for s in both]
+        claims.append(Claim(
+            f"needs_{removed}",
+            f"The width trend weakens without {removed.replace('_', ' ')} (per seed: slope "
+            f"regularized − slope {ablation} > 0)", SOURCE, stats.mean_effect(diffs),
+            DELTA_SLOPE, DELTA_REASON, unit="pp/doubling"))
+    trends = pd.DataFrame([{"variant": name, **c.effect.as_dict(), "verdict": c.verdict}
+                           for name, c in zip(VARIANTS, claims)])
+    trained_es = bool((runs["tag"] == NO_ES).any())
+    reg = runs[runs["tag"] == REGULARIZED]
+    facts = {
+        "status": _status(runs),
+        "no_early_stopping_from": (
+            "separate runs trained without early stopping (their last epoch)" if trained_es
+            else "the last epoch of the regularized runs themselves (the same runs, read "
+                 "without early stopping)"),
+        "weight_decay": ", ".join(f"{w:g}" for w in sorted(reg["weight_decay"].unique()))
+        if "weight_decay" in reg else "n/a",
+        "widths": ", ".join(str(int(w)) for w in sorted(runs["width"].unique())),
+        "final_train_acc_min": "n/a", "final_train_acc_max": "n/a",
+    }
+    return Analysis({"gain": gain, "trends": trends}, claims, facts)
+
+
+def _paired(v: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    t = stats.paired(v, "acc", SAM, SGD, by=by)
+    return t if len(t) else pd.DataFrame(columns=[*by, *EFFECT_COLUMNS])
+
+
+def _ensure(runs: pd.DataFrame, columns) -> pd.DataFrame:
+    """A table whose runs all diverged has no best_*/final_* columns: add them as NaN."""
+    missing = [c for c in columns if c not in runs]
+    return runs.assign(**{c: np.nan for c in missing}) if missing else runs
+
+
+def _status(runs: pd.DataFrame) -> str:
+    n, bad = len(runs), int((runs["status"] != "ok").sum())
+    if bad == 0:
+        return f"all {fmt.count(n, 'run')} finished"
+    if bad == n:
+        return (f"all {fmt.count(n, 'run')} diverged: there is nothing to compare, every "
+                "effect is n/a and every verdict cannot tell")
+    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
+            "left out of the effects and counted in the tables")
