@@ -194,3 +194,29 @@ def status_line(runs: pd.DataFrame) -> str:
                 "verdict is cannot tell")
     return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
             "left out of the effects and counted in the tables")
+
+
+PAIRED_COLUMNS = ("estimate", "low", "high", "n", "sd", "diverged", "treatment", "control")
+
+
+def paired_table(runs: pd.DataFrame, metric: str, treatment: dict, control: dict,
+                 by: list[str], **kw) -> pd.DataFrame:
+    """``stats.paired`` that keeps its columns when no seed pair exists at all (one side not
+    run yet, e.g. a partial run cache), so that lookups find no row instead of no column."""
+    table = stats.paired(runs, metric, treatment, control, by=by, **kw)
+    return table if len(table) else pd.DataFrame(columns=[*by, *PAIRED_COLUMNS])
+
+
+def effect_at(table: pd.DataFrame, **where) -> stats.Effect:
+    """The effect in the row of a ``paired`` table where every column equals its ``where``
+    value; no such row: no effect (NaN, n = 0)."""
+    mask = pd.Series(True, index=table.index)
+    for k, v in where.items():
+        if k not in table:
+            return stats.NO_EFFECT
+        mask &= table[k] == v
+    if not mask.any():
+        return stats.NO_EFFECT
+    r = table[mask].iloc[0]
+    return stats.Effect(float(r["estimate"]), float(r["low"]), float(r["high"]), int(r["n"]),
+                        float(r["sd"]))

@@ -1,0 +1,106 @@
+"""Label noise: does SAM's gain grow with width, and more so with noisier labels?
+(Shin et al. Sec. 5, Fig. 5a; Foret et al.: SAM is robust to label noise)"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import fmt, stats
+from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
+
+NAME = "noise"
+TITLE = "Label noise: does SAM's gain grow with width, and more so with noisier labels?"
+QUESTION = "Does label noise make SAM's gain over SGD grow faster with model size?"
+SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
+METRIC = "best_test_acc"  # clean test labels, at the epoch of best (clean) validation accuracy
+# Smallest effects worth having, as in the width study: a gain of 0.3 pp (the paper's smallest
+# reported gains are 0.2-2 pp; 3 test images in 1,000) and a trend of 0.1 pp per doubling of
+# the parameters (0.7 pp over a 128x wider model).
+DELTA_GAIN, DELTA_SLOPE = 0.003, 0.001
+SOURCE = "Shin et al. Sec. 5 (Fig. 5a)"
+FIT = ("final_train_acc", "final_train_acc_clean", "final_test_acc")
+
+
+def analyze(runs: pd.DataFrame) -> Analysis:
+    runs = ensure_columns(runs, (METRIC, *FIT))
+    gain = paired_table(runs, METRIC, SAM, SGD, by=["label_noise", "width", "params"])
+    levels = sorted(runs["label_noise"].unique())
+    low, high, widest = levels[0], levels[-1], runs["width"].max()
+    claims = []
+    for p in levels:
+        claims.append(Claim(
+            f"grows_at_{p:g}", f"SAM's gain grows with the parameters at label noise {_pct(p)}",
+            SOURCE, stats.slope(runs[runs["label_noise"] == p], METRIC, SAM, SGD),
+            DELTA_SLOPE, "0.1 pp per doubling: 0.7 pp over a 128x wider model",
+            unit="pp/doubling"))
+    amplified = (stats.mean_effect(_seed_gain(runs, high, widest)
+                                   - _seed_gain(runs, low, widest))
+                 if len(levels) > 1 else stats.NO_EFFECT)
+    claims += [
+        Claim("amplified", f"At the widest model (width {widest}) SAM's gain is larger at label "
+              f"noise {_pct(high)} than at {_pct(low)}", SOURCE, amplified, DELTA_GAIN,
+              "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
+        Claim("widest_at_max_noise", f"SAM beats SGD at the widest model (width {widest}) "
+              f"under label noise {_pct(high)}", f"{SOURCE}; Foret et al. (label noise)",
+              effect_at(gain, label_noise=high, width=widest), DELTA_GAIN,
+              "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
+    ]
+    fit = _fit(runs)
+    facts = {"status": status_line(runs), "noise_levels": ", ".join(_pct(p) for p in levels),
+             "lowest_noise": _pct(low), "highest_noise": _pct(high),
+             "clean_label_share": _pct(1 - high), "widest": int(widest),
+             "grows_each": "; ".join(f"noise {_pct(c_p)}: {c.shown} ({c.verdict})"
+                                     for c_p, c in zip(levels, claims)),
+             "grows_lowest": {"shown": claims[0].shown, "explained": claims[0].explained},
+             "grows_highest": {"shown": claims[len(levels) - 1].shown,
+                               "explained": claims[len(levels) - 1].explained},
+             "slope_delta": claims[0].delta_shown,
+             "memorization": _memorization(fit, high, widest)}
+    return Analysis({"gain": gain, "fit": fit}, claims, facts)
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:g}%"
+
+
+def _seed_gain(runs: pd.DataFrame, noise: float, width) -> pd.Series:
+    """SAM − SGD per seed in one (noise, width) cell; NaN where a side diverged."""
+    cell = runs[(runs["label_noise"] == noise) & (runs["width"] == width)]
+    p = stats.pairs(cell, METRIC, SAM, SGD)
+    return p.set_index("seed")["diff"].groupby(level=0).first()
+
+
+def _fit(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (noise, width, optimizer): mean over finished runs of the final training accuracy
+    on the labels it was given (noisy), on the true labels, and the final (clean) test
+    accuracy; finished and diverged run counts."""
+    rows = []
+    for (p, w, opt), g in runs.groupby(["label_noise", "width", "optimizer"], sort=True):
+        ok = g[g["status"] == "ok"]
+        rows.append({"label_noise": p, "width": w, "optimizer": opt,
+                     **{c: float(ok[c].mean()) if len(ok) else np.nan for c in FIT},
+                     "n": len(ok), "diverged": int((g["status"] != "ok").sum())})
+    return pd.DataFrame(rows, columns=["label_noise", "width", "optimizer", *FIT, "n",
+                                       "diverged"])
+
+
+def _memorization(fit: pd.DataFrame, noise: float, width) -> dict:
+    """Final train accuracy (on the noisy labels) and clean test accuracy per optimizer at
+    (``noise``, ``width``), formatted for the prose."""
+    out = {}
+    for opt in ("sgd", "sam"):
+        r = fit[(fit["label_noise"] == noise) & (fit["width"] == width)
+                & (fit["optimizer"] == opt)]
+        vals = r.iloc[0] if len(r) else {}
+        out[f"{opt}_train_acc"] = fmt.pct(_num(vals, "final_train_acc"))
+        out[f"{opt}_train_acc_clean"] = fmt.pct(_num(vals, "final_train_acc_clean"))
+        out[f"{opt}_test_acc"] = fmt.pct(_num(vals, "final_test_acc"))
+    return out
+
+
+def _num(row, key):
+    try:
+        v = float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
