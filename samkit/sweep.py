@@ -78,12 +78,16 @@ def _json_default(o):
 
 
 @contextmanager
-def _locked(path: str, wait: bool = True):
-    """Hold an exclusive lock on ``path``; yields False (holding nothing) if ``wait`` is False
-    and another process holds it."""
+def _locked(path: str, mode: str = "wait"):
+    """Hold an exclusive lock on ``path`` (mode "wait"); with "try", yields False (holding
+    nothing) if another process holds it; "none" takes no lock (the caller's share of the
+    runs is disjoint from every other's, e.g. cluster jobs on a network file system)."""
+    if mode == "none":
+        yield True
+        return
     with open(path, "a") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if mode == "wait" else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
@@ -93,15 +97,15 @@ def _locked(path: str, wait: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True, wait: bool = True):
+def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True, lock: str = "wait"):
     """The result of ``cfg``, from ``cache`` if present (read-only access is enough), else
-    trained (resuming a checkpoint left by a killed attempt) and stored. With ``wait`` False,
-    None when another process is training it right now."""
+    trained (resuming a checkpoint left by a killed attempt) and stored. ``lock``: see
+    ``_locked``; with "try", None when another process is training it right now."""
     result = _load_cached(cfg, cache)
     if result is None:
         key = run_key(cfg)
         result = _train_and_store(cfg, cache, key, os.path.join(cache, f"{key}.json"), quiet,
-                                  wait)
+                                  lock)
         if result is None:
             return None
         result["key"] = key
@@ -118,9 +122,9 @@ def _load_cached(cfg, cache) -> dict | None:
     return result
 
 
-def _train_and_store(cfg, cache, key, path, quiet, wait) -> dict | None:
+def _train_and_store(cfg, cache, key, path, quiet, lock) -> dict | None:
     os.makedirs(cache, exist_ok=True)
-    with _locked(path + ".lock", wait) as mine:
+    with _locked(path + ".lock", lock) as mine:
         if not mine:
             return None
         # Under the lock no live writer of this key exists: a temp file is a killed one's debris.
@@ -186,10 +190,12 @@ def run(configs: list[TrainConfig], cache: str = "results/runs", quiet: bool = T
     if progress and len(todo) < len(configs):
         print(f"{len(configs) - len(todo)} of {len(configs)} runs from the run cache {cache}",
               flush=True)
-    if workers == 1:
-        train_missing(todo, cache, quiet, progress)
-    elif workers > 1:
+    if workers > 1:
         _in_processes(todo, cache, workers, progress)
+    # Serially (and after the workers): train what is still missing, or wait for a run that
+    # another process (another sweep sharing the cache) holds.
+    train_missing([c for c in todo if _load_cached(c, cache) is None], cache, quiet, progress,
+                  lock="wait")
     for i, cfg in enumerate(configs):
         if results[i] is None:
             results[i] = _load_cached(cfg, cache)
@@ -199,15 +205,16 @@ def run(configs: list[TrainConfig], cache: str = "results/runs", quiet: bool = T
     return pd.DataFrame([to_row(r) for r in results])
 
 
-def train_missing(configs, cache, quiet=True, progress=True, shard=None) -> None:
-    """Train what ``cache`` lacks of ``configs``, skipping runs another process is training:
-    the body of every worker. ``shard=(i, n)`` takes every n-th run only (a disjoint share,
-    for cluster jobs that must not rely on file locks over a network file system)."""
+def train_missing(configs, cache, quiet=True, progress=True, shard=None, lock="try") -> None:
+    """Train what ``cache`` lacks of ``configs``; by default skipping runs another process
+    is training (the body of every worker). ``shard=(i, n)`` takes every n-th run only and
+    no lock (a disjoint share, for cluster jobs that must not rely on file locks over a
+    network file system)."""
     if shard is not None:
-        configs = configs[shard[0]::shard[1]]
+        configs, lock = configs[shard[0]::shard[1]], "none"
     keys = [run_key(cfg) for cfg in configs]
     for cfg in configs:
-        result = cached_run(cfg, cache, quiet=quiet, wait=shard is not None)
+        result = cached_run(cfg, cache, quiet=quiet, lock=lock)
         if progress and result is not None and not result["cached"]:
             done = sum(os.path.exists(os.path.join(cache, f"{k}.json")) for k in keys)
             print(_progress_line(done, len(configs), cfg, result), flush=True)
