@@ -391,3 +391,47 @@ def curves(history: pd.DataFrame, meta: dict | None, y: str = "test_acc", hue: s
     if meta is not None:
         stamp(g.figure, meta)
     return g.figure
+
+
+def levels_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = None,
+              labels: dict | None = None, xlabel: str | None = None, ylabel: str = "",
+              title: str | None = None, log: bool = True, ax=None, alt: str | None = None):
+    """Levels (``estimate`` with its 95% CI ``low``..``high``) vs ``x`` on a log axis with ticks
+    at the actual values, one dodged series per ``hue``; no reference line (levels, not
+    differences). ``log``: the three columns are logs (geometric means), drawn as exp() on a
+    log y axis. ``labels`` (hue value -> legend text) also orders the series. Groups with
+    diverged runs (column ``diverged``) are annotated."""
+    fig, ax = _fig(ax)
+    groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
+    if labels:
+        order = list(labels)
+        groups.sort(key=lambda ng: order.index(ng[0]) if ng[0] in order else len(order))
+    palette = sns.color_palette(n_colors=max(1, len(groups)))
+    xs = sorted(table[x].unique())
+    for i, (color, (name, g)) in enumerate(zip(palette, groups)):
+        g = g.sort_values(x)
+        shift = 1.06 ** (i - (len(groups) - 1) / 2)  # dodge on the log axis
+        est, lo, hi = (g[c].to_numpy(float) for c in ("estimate", "low", "high"))
+        if log:
+            est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
+        err = np.nan_to_num(np.vstack([est - lo, hi - est]), nan=0.0)
+        label = None if hue is None else (labels or {}).get(name, f"{hue} {name}")
+        ax.errorbar(g[x] * shift, est, yerr=err, marker="o", capsize=3, color=color,
+                    label=label)
+        _mark_diverged(ax, g.assign(_level=est), x, "_level", 1)
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [_tick(v) for v in xs])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if hue is not None:
+        ax.legend(fontsize=8, loc="best", frameon=True)
+    if meta is not None:
+        stamp(fig, meta)
+    if alt:
+        fig.alt_text = alt
+    return fig

@@ -1,0 +1,185 @@
+"""Hessian: are SAM's minima flatter, with a more uniform Hessian, than SGD's? (Shin et al.,
+Sec. 6.1, Fig. 6)
+
+Following the paper's setting (MSE loss, constant learning rate, no momentum or weight decay),
+each run measures at the end of training, on a fixed set of ``hessian_samples`` training
+points: λmax (the top Hessian eigenvalue, power iteration), the trace (Hutchinson) and the
+non-uniformity of the per-example Hessians (Wu et al., 2018). SAM vs SGD is a seed-paired
+ratio: per seed log(SAM) − log(SGD), its mean and t-interval, shown as a ratio.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .. import fmt, stats
+from . import Analysis, Claim
+
+NAME = "hessian"
+TITLE = "Hessian: are SAM's minima flatter and more uniform than SGD's?"
+QUESTION = "Does SAM reach minima with a smaller and more uniform Hessian than SGD?"
+SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
+SOURCE = "Shin et al. Sec. 6.1, Fig. 6"
+# measure -> (run column, label)
+MEASURES = {"lambda_max": ("hessian_lambda_max", "λmax (top eigenvalue)"),
+            "trace": ("hessian_trace", "trace"),
+            "nonuniformity": ("hessian_nonuniformity", "non-uniformity")}
+TEXTS = {"lambda_max": "SAM's minimum is flatter: a smaller top Hessian eigenvalue λmax",
+         "trace": "SAM's minimum has a smaller Hessian trace",
+         "nonuniformity": "SAM's minimum has a more uniform Hessian (smaller non-uniformity)"}
+# Smallest effect: a 10% lower value (ratio 1/1.1 or below); a ratio is decided on its log.
+DELTA = math.log(1.1)
+DELTA_REASON = ("×1.1: a 10% difference, the smallest we would call a flatter (or more "
+                "uniform) minimum")
+EFFECT_COLUMNS = ["estimate", "low", "high", "n", "sd", "diverged", "treatment", "control"]
+LEVEL_COLUMNS = ["measure", "width", "params", "optimizer", "estimate", "low", "high", "n",
+                 "diverged"]
+
+
+def check(runs: pd.DataFrame) -> None:
+    """The study needs runs that measured their Hessian (hessian_samples > 0)."""
+    measured = [c for c, _ in MEASURES.values()]
+    if "hessian_samples" in runs:
+        none = runs[runs["hessian_samples"].fillna(0) <= 0]
+        if len(none):
+            raise ValueError(
+                f"hessian: {len(none)} of {len(runs)} runs have hessian_samples 0, so no "
+                "Hessian was measured; set hessian_samples > 0 in the study's base (params.yaml)")
+    elif not all(c in runs for c in measured):
+        raise ValueError("hessian: the runs have no Hessian measures (hessian_* columns); "
+                         "train them with hessian_samples > 0")
+
+
+def analyze(runs: pd.DataFrame) -> Analysis:
+    check(runs)
+    runs = _ensure(runs, [c for c, _ in MEASURES.values()]
+                   + ["final_train_loss", "final_train_acc", "final_test_acc"])
+    by = ["width", "params"]
+    ratios = {m: _paired(runs, col, by) for m, (col, _) in MEASURES.items()}
+    widest = runs["width"].max()
+    claims = [Claim(f"{m}.widest", f"{TEXTS[m]} (widest model, width {widest})", SOURCE,
+                    _effect_at(ratios[m], widest), DELTA, DELTA_REASON, direction=-1,
+                    unit="ratio")
+              for m in MEASURES]
+    claims.append(Claim(
+        "lambda_max.all_widths",
+        "SAM's minimum is flatter across widths: per seed, the mean over widths of log(SAM λmax "
+        "/ SGD λmax) (a geometric-mean ratio; a seed counts once all its widths finished)",
+        SOURCE, across_widths(runs, MEASURES["lambda_max"][0]), DELTA, DELTA_REASON,
+        direction=-1, unit="ratio"))
+    ratio_table = pd.concat([t.assign(measure=m) for m, t in ratios.items()],
+                            ignore_index=True)[["measure", *by, *EFFECT_COLUMNS]]
+    levels = pd.concat([_levels(runs, m, col) for m, (col, _) in MEASURES.items()],
+                       ignore_index=True) if len(runs) else pd.DataFrame(columns=LEVEL_COLUMNS)
+    fit = _fit(runs)
+    return Analysis({"ratio": ratio_table, "levels": levels, "fit": fit}, claims,
+                    _facts(runs, levels, fit, widest))
+
+
+def across_widths(runs: pd.DataFrame, column: str) -> stats.Effect:
+    """Per seed, the mean over widths of log(SAM) − log(SGD) of ``column``; only seeds with a
+    finished pair at every width count (the same widths in every seed's mean)."""
+    p = stats.pairs(runs, column, SAM, SGD, ["width"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p["diff"] = np.where(p["ok"], np.log(p[f"{column}_t"]) - np.log(p[f"{column}_c"]),
+                             np.nan)
+    widths = runs["width"].nunique()
+    per_seed = [g["diff"].mean() for _, g in p.groupby("seed")
+                if g["diff"].notna().sum() == widths and np.isfinite(g["diff"]).all()]
+    return stats.mean_effect(per_seed)
+
+
+def _paired(runs, column, by):
+    t = stats.paired(runs, column, SAM, SGD, by=by, log=True)
+    return t if len(t) else pd.DataFrame(columns=[*by, *EFFECT_COLUMNS])
+
+
+def _effect_at(table: pd.DataFrame, width) -> stats.Effect:
+    rows = table[table["width"] == width]
+    if rows.empty:
+        return stats.NO_EFFECT
+    r = rows.iloc[0]
+    return stats.Effect(float(r["estimate"]), float(r["low"]), float(r["high"]), int(r["n"]),
+                        float(r["sd"]))
+
+
+def _levels(runs, measure, column) -> pd.DataFrame:
+    """Per (width, optimizer): the geometric mean of ``column`` over finished seeds with its
+    95% CI (mean and t-interval of the logs; exp() gives the level)."""
+    rows = []
+    for (width, params, opt), g in runs.groupby(["width", "params", "optimizer"], sort=True):
+        ok = g[g["status"] == "ok"][column].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(ok.where(ok > 0))
+        e = stats.mean_effect(logs)
+        rows.append({"measure": measure, "width": width, "params": params, "optimizer": opt,
+                     "estimate": e.estimate, "low": e.low, "high": e.high, "n": e.n,
+                     "diverged": int((g["status"] != "ok").sum())})
+    return pd.DataFrame(rows, columns=LEVEL_COLUMNS)
+
+
+def _fit(runs) -> pd.DataFrame:
+    """How far training got, per (width, optimizer): mean final training MSE, final training
+    and test accuracy over finished runs."""
+    rows = []
+    for (width, params, opt), g in runs.groupby(["width", "params", "optimizer"], sort=True):
+        ok = g[g["status"] == "ok"]
+        rows.append({"width": width, "params": params, "optimizer": opt,
+                     "train_loss": ok["final_train_loss"].mean(),
+                     "train_loss_max": ok["final_train_loss"].max(),
+                     "train_acc": ok["final_train_acc"].mean(),
+                     "test_acc": ok["final_test_acc"].mean(), "n": len(ok),
+                     "diverged": int((g["status"] != "ok").sum())})
+    return pd.DataFrame(rows, columns=["width", "params", "optimizer", "train_loss",
+                                       "train_loss_max", "train_acc", "test_acc", "n",
+                                       "diverged"])
+
+
+def _facts(runs, levels, fit, widest) -> dict:
+    ok = runs[runs["status"] == "ok"]
+    each = []
+    for width, g in fit.groupby("width", sort=True):
+        side = {r["optimizer"]: fmt.num(float(r["train_loss"])) for _, r in g.iterrows()}
+        each.append(f"width {int(width)}: SGD {side.get('sgd', 'n/a')}, "
+                    f"SAM {side.get('sam', 'n/a')}")
+    top = levels[(levels["measure"] == "lambda_max") & (levels["width"] == widest)]
+    lam = {r["optimizer"]: _exp(r["estimate"]) for _, r in top.iterrows()}
+    lr = runs["lr"].max() if "lr" in runs else float("nan")
+    samples = sorted({int(s) for s in runs["hessian_samples"]}) if "hessian_samples" in runs \
+        else []
+    return {
+        "status": _status(runs),
+        "widths": ", ".join(str(int(w)) for w in sorted(runs["width"].unique())),
+        "widest": int(widest) if np.isfinite(widest) else "n/a",
+        "hessian_samples": ", ".join(map(str, samples)) or "n/a",
+        "train_loss_each": "; ".join(each) or "n/a",
+        "train_loss_max": fmt.num(float(ok["final_train_loss"].max())) if len(ok) else "n/a",
+        "train_loss_min": fmt.num(float(ok["final_train_loss"].min())) if len(ok) else "n/a",
+        "stability_bound": fmt.num(2 / float(lr)) if np.isfinite(lr) else "n/a",
+        "lambda_max_widest_sgd": lam.get("sgd", "n/a"),
+        "lambda_max_widest_sam": lam.get("sam", "n/a"),
+        "final_train_acc_min": "n/a", "final_train_acc_max": "n/a",
+    }
+
+
+def _exp(log_value) -> str:
+    return fmt.num(float(np.exp(log_value))) if np.isfinite(log_value) else "n/a"
+
+
+def _ensure(runs: pd.DataFrame, columns) -> pd.DataFrame:
+    """A table whose runs all diverged has no final_*/hessian_* columns: add them as NaN."""
+    missing = [c for c in columns if c not in runs]
+    return runs.assign(**{c: np.nan for c in missing}) if missing else runs
+
+
+def _status(runs: pd.DataFrame) -> str:
+    n, bad = len(runs), int((runs["status"] != "ok").sum())
+    if bad == 0:
+        return f"all {fmt.count(n, 'run')} finished"
+    if bad == n:
+        return (f"all {fmt.count(n, 'run')} diverged: there is nothing to compare, every "
+                "effect is n/a and every verdict cannot tell")
+    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
+            "left out of the effects and counted in the tables")
