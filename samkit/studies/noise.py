@@ -20,6 +20,10 @@ DELTA_GAIN, DELTA_SLOPE = 0.003, 0.001
 SOURCE = "Shin et al. Sec. 5 (Fig. 5a)"
 FIT = ("final_train_acc", "final_train_acc_clean", "final_test_acc")
 
+# The page quotes the final training accuracy range, which regime() leaves out when no run
+# finished: "n/a" unless regime() fills it in.
+NO_FINISHED_RUN = {"final_train_acc_min": "n/a", "final_train_acc_max": "n/a"}
+
 
 def analyze(runs: pd.DataFrame) -> Analysis:
     runs = ensure_columns(runs, (METRIC, *FIT))
@@ -46,7 +50,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
               "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
     ]
     fit = _fit(runs)
-    facts = {"status": status_line(runs), "noise_levels": ", ".join(_pct(p) for p in levels),
+    facts = {**NO_FINISHED_RUN, "status": status_line(runs), "noise_levels": ", ".join(_pct(p) for p in levels),
              "lowest_noise": _pct(low), "highest_noise": _pct(high),
              "clean_label_share": _pct(1 - high), "widest": int(widest),
              "grows_each": "; ".join(f"noise {_pct(c_p)}: {c.shown} ({c.verdict})"

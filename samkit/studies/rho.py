@@ -21,6 +21,10 @@ SOURCE = "Shin et al. Sec. 4.2 (Fig. 4)"
 # smallest reported gains are 0.2-2 pp).
 DELTA_RHO, DELTA_GAIN = math.log(1.1), 0.003
 
+# The page quotes the final training accuracy range, which regime() leaves out when no run
+# finished: "n/a" unless regime() fills it in.
+NO_FINISHED_RUN = {"final_train_acc_min": "n/a", "final_train_acc_max": "n/a"}
+
 
 def analyze(runs: pd.DataFrame) -> Analysis:
     runs = ensure_columns(runs, (METRIC,))
@@ -48,7 +52,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
               else stats.NO_EFFECT, DELTA_GAIN,
               "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
     ]
-    facts = {"status": status_line(runs), "widest": int(widest),
+    facts = {**NO_FINISHED_RUN, "status": status_line(runs), "widest": int(widest),
              "rho_grid": ", ".join(f"{r:g}" for r in rhos["rho"]) or "n/a",
              "widths": ", ".join(str(int(w)) for w in sorted(runs["width"].unique())),
              "best_rho_widest": "n/a" if best_rho is None else f"{best_rho:g}",

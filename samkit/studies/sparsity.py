@@ -18,6 +18,10 @@ SOURCE = "Shin et al. Sec. 5 (Fig. 5b)"
 DELTA_GAIN = 0.003
 NAMES = {"none": "dense", "random": "random pruning", "snip": "SNIP"}
 
+# The page quotes the final training accuracy range, which regime() leaves out when no run
+# finished: "n/a" unless regime() fills it in.
+NO_FINISHED_RUN = {"final_train_acc_min": "n/a", "final_train_acc_max": "n/a"}
+
 
 def analyze(runs: pd.DataFrame) -> Analysis:
     runs = ensure_columns(runs, (METRIC,))
@@ -44,7 +48,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
                   "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
         ]
     ok = runs[runs["status"] == "ok"]
-    facts = {"status": status_line(runs),
+    facts = {**NO_FINISHED_RUN, "status": status_line(runs),
              "dense_width": "n/a" if dense_width is None else int(dense_width),
              "dense_gain": _shown(effect_at(gain, prune="none", width=dense_width)),
              "sparse_widths": ", ".join(str(int(w)) for w in sorted(
