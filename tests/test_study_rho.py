@@ -116,3 +116,22 @@ def test_only_sgd_runs_so_far():
     a = rho.analyze(runs[runs["optimizer"] == "sgd"])
     assert a.tables["gain"].empty and a.tables["sam_acc"].empty
     assert all(c.verdict == "cannot tell" for c in a.claims)
+
+
+def test_incomplete_grid_has_no_rho_star():
+    """A (seed, width) where some grid ρ has not run yet gets no ρ* (not an argmax over part
+    of the grid); the other cells still count."""
+    runs = make_runs(growing)
+    runs = runs[~((runs["optimizer"] == "sam") & (runs["seed"] == 0) & (runs["rho"] != 0.05))]
+    a = rho.analyze(runs)
+    star = a.tables["rho_star"]
+    assert 0 not in set(star["seed"]) and len(star) == 9
+    assert a.claim("rho_star_grows").effect.n == 3
+    assert a.claim("rho_star_grows").effect.estimate == pytest.approx(math.log(2) / 2)
+
+
+def test_only_one_rho_run_so_far_cannot_tell():
+    runs = make_runs(growing)
+    a = rho.analyze(runs[(runs["optimizer"] == "sgd") | (runs["rho"] == 0.05)])
+    assert a.tables["rho_star"].empty       # one ρ is no choice: ρ* would be flat by design
+    assert a.claim("rho_star_grows").verdict == "cannot tell"

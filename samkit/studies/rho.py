@@ -65,7 +65,15 @@ def analyze(runs: pd.DataFrame) -> Analysis:
 
 def rho_star(sam: pd.DataFrame) -> pd.DataFrame:
     """Per (seed, width): ρ* = the grid ρ whose finished SAM run has the highest test accuracy
-    (a diverged ρ cannot be best; ties go to the smaller ρ). No finished ρ: no row."""
+    (a diverged ρ cannot be best; ties go to the smaller ρ). No row where no ρ finished, or
+    where some grid ρ has no run at all (a partial run cache): the argmax over part of the
+    grid is not ρ*; none at all with fewer than 2 grid ρ."""
+    grid = set(sam["rho"].unique())
+    if len(grid) < 2:  # one ρ is no choice: its "ρ*" would be flat by construction
+        sam = sam.iloc[:0]
+    else:
+        complete = sam.groupby(["seed", "width"])["rho"].transform(lambda r: set(r) == grid)
+        sam = sam[complete.astype(bool)]
     ok = sam[(sam["status"] == "ok") & sam[METRIC].notna()]
     ok = ok.sort_values(["seed", "width", METRIC, "rho"], ascending=[True, True, False, True])
     star = ok.groupby(["seed", "width"], sort=True).head(1)
