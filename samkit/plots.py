@@ -422,8 +422,8 @@ def levels_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
     ax.set_xscale("log")
     ax.set_xticks(xs, [_tick(v) for v in xs])
     ax.xaxis.set_minor_locator(plt.NullLocator())
-    if log:
-        ax.set_yscale("log")
+    if log and np.isfinite(table["estimate"].to_numpy(float)).any():  # nothing to scale if all
+        ax.set_yscale("log")                                           # runs diverged
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel)
     if title:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import data, fmt, stats
-from . import Analysis, Claim
+from . import Analysis, Claim, ensure_columns, paired_table, status_line
 
 NAME = "datasize"
 TITLE = "Data size: does SAM's gain follow the parameters per training example?"
@@ -31,7 +31,6 @@ GAIN_REASON = "0.3 pp: the paper's smallest reported gains are 0.2-2 pp (the wid
 SLOPE_REASON = ("0.1 pp per doubling of the parameters per example: the width study's δ "
                 "(0.7 pp over a 128x larger ratio)")
 BY = ["n_train", "examples", "width", "params"]
-EFFECT_COLUMNS = ["estimate", "low", "high", "n", "sd", "diverged", "treatment", "control"]
 
 
 def examples(runs: pd.DataFrame) -> pd.Series:
@@ -45,11 +44,9 @@ def examples(runs: pd.DataFrame) -> pd.Series:
 
 
 def analyze(runs: pd.DataFrame) -> Analysis:
-    runs = _ensure(runs, [METRIC])
+    runs = ensure_columns(runs, [METRIC])
     runs = runs.assign(examples=examples(runs))
-    gain = stats.paired(runs, METRIC, SAM, SGD, by=BY)
-    if gain.empty:
-        gain = pd.DataFrame(columns=[*BY, *EFFECT_COLUMNS])
+    gain = paired_table(runs, METRIC, SAM, SGD, by=BY)
     gain.insert(len(BY), "params_per_example",
                 gain["params"].astype(float) / gain["examples"].astype(float))
     most, least = _extreme(gain, max), _extreme(gain, min)
@@ -64,7 +61,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     ]
     ppe = gain["params_per_example"]
     facts = {
-        "status": _status(runs),
+        "status": status_line(runs),
         "widths": ", ".join(str(int(w)) for w in sorted(runs["width"].unique())),
         "most_cell": _cell(most), "least_cell": _cell(least),
         "ratio_min": fmt.num(float(ppe.min())) if len(ppe) else "n/a",
@@ -108,20 +105,3 @@ def _cell(row) -> str:
         return "no cell"
     return (f"width {int(row['width'])} on {int(row['examples']):,} training images, "
             f"{fmt.num(float(row['params_per_example']))} parameters per example")
-
-
-def _ensure(runs: pd.DataFrame, columns) -> pd.DataFrame:
-    """A table whose runs all diverged has no best_*/final_* columns: add them as NaN."""
-    missing = [c for c in columns if c not in runs]
-    return runs.assign(**{c: np.nan for c in missing}) if missing else runs
-
-
-def _status(runs: pd.DataFrame) -> str:
-    n, bad = len(runs), int((runs["status"] != "ok").sum())
-    if bad == 0:
-        return f"all {fmt.count(n, 'run')} finished"
-    if bad == n:
-        return (f"all {fmt.count(n, 'run')} diverged: there is nothing to compare, every "
-                "effect is n/a and every verdict cannot tell")
-    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
-            "left out of the effects and counted in the tables")

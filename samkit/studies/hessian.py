@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .. import fmt, stats
-from . import Analysis, Claim
+from . import (PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, paired_table,
+               status_line)
 
 NAME = "hessian"
 TITLE = "Hessian: are SAM's minima flatter and more uniform than SGD's?"
@@ -33,7 +34,6 @@ TEXTS = {"lambda_max": "SAM's minimum is flatter: a smaller top Hessian eigenval
 DELTA = math.log(1.1)
 DELTA_REASON = ("×1.1: a 10% difference, the smallest we would call a flatter (or more "
                 "uniform) minimum")
-EFFECT_COLUMNS = ["estimate", "low", "high", "n", "sd", "diverged", "treatment", "control"]
 LEVEL_COLUMNS = ["measure", "width", "params", "optimizer", "estimate", "low", "high", "n",
                  "diverged"]
 
@@ -54,13 +54,14 @@ def check(runs: pd.DataFrame) -> None:
 
 def analyze(runs: pd.DataFrame) -> Analysis:
     check(runs)
-    runs = _ensure(runs, [c for c, _ in MEASURES.values()]
-                   + ["final_train_loss", "final_train_acc", "final_test_acc"])
+    runs = ensure_columns(runs, [c for c, _ in MEASURES.values()]
+                          + ["final_train_loss", "final_train_acc", "final_test_acc"])
     by = ["width", "params"]
-    ratios = {m: _paired(runs, col, by) for m, (col, _) in MEASURES.items()}
+    ratios = {m: paired_table(runs, col, SAM, SGD, by=by, log=True)
+              for m, (col, _) in MEASURES.items()}
     widest = runs["width"].max()
     claims = [Claim(f"{m}.widest", f"{TEXTS[m]} (widest model, width {widest})", SOURCE,
-                    _effect_at(ratios[m], widest), DELTA, DELTA_REASON, direction=-1,
+                    effect_at(ratios[m], width=widest), DELTA, DELTA_REASON, direction=-1,
                     unit="ratio")
               for m in MEASURES]
     claims.append(Claim(
@@ -70,7 +71,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         SOURCE, across_widths(runs, MEASURES["lambda_max"][0]), DELTA, DELTA_REASON,
         direction=-1, unit="ratio"))
     ratio_table = pd.concat([t.assign(measure=m) for m, t in ratios.items()],
-                            ignore_index=True)[["measure", *by, *EFFECT_COLUMNS]]
+                            ignore_index=True)[["measure", *by, *PAIRED_COLUMNS]]
     levels = pd.concat([_levels(runs, m, col) for m, (col, _) in MEASURES.items()],
                        ignore_index=True) if len(runs) else pd.DataFrame(columns=LEVEL_COLUMNS)
     fit = _fit(runs)
@@ -91,18 +92,6 @@ def across_widths(runs: pd.DataFrame, column: str) -> stats.Effect:
     return stats.mean_effect(per_seed)
 
 
-def _paired(runs, column, by):
-    t = stats.paired(runs, column, SAM, SGD, by=by, log=True)
-    return t if len(t) else pd.DataFrame(columns=[*by, *EFFECT_COLUMNS])
-
-
-def _effect_at(table: pd.DataFrame, width) -> stats.Effect:
-    rows = table[table["width"] == width]
-    if rows.empty:
-        return stats.NO_EFFECT
-    r = rows.iloc[0]
-    return stats.Effect(float(r["estimate"]), float(r["low"]), float(r["high"]), int(r["n"]),
-                        float(r["sd"]))
 
 
 def _levels(runs, measure, column) -> pd.DataFrame:
@@ -150,7 +139,7 @@ def _facts(runs, levels, fit, widest) -> dict:
     samples = sorted({int(s) for s in runs["hessian_samples"]}) if "hessian_samples" in runs \
         else []
     return {
-        "status": _status(runs),
+        "status": status_line(runs),
         "widths": ", ".join(str(int(w)) for w in sorted(runs["width"].unique())),
         "widest": int(widest) if np.isfinite(widest) else "n/a",
         "hessian_samples": ", ".join(map(str, samples)) or "n/a",
@@ -166,20 +155,3 @@ def _facts(runs, levels, fit, widest) -> dict:
 
 def _exp(log_value) -> str:
     return fmt.num(float(np.exp(log_value))) if np.isfinite(log_value) else "n/a"
-
-
-def _ensure(runs: pd.DataFrame, columns) -> pd.DataFrame:
-    """A table whose runs all diverged has no final_*/hessian_* columns: add them as NaN."""
-    missing = [c for c in columns if c not in runs]
-    return runs.assign(**{c: np.nan for c in missing}) if missing else runs
-
-
-def _status(runs: pd.DataFrame) -> str:
-    n, bad = len(runs), int((runs["status"] != "ok").sum())
-    if bad == 0:
-        return f"all {fmt.count(n, 'run')} finished"
-    if bad == n:
-        return (f"all {fmt.count(n, 'run')} diverged: there is nothing to compare, every "
-                "effect is n/a and every verdict cannot tell")
-    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
-            "left out of the effects and counted in the tables")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import fmt, stats
-from . import Analysis, Claim
+from .. import stats
+from . import Analysis, Claim, ensure_columns, paired_table, status_line
 
 NAME = "regularization"
 TITLE = "Regularization: does SAM's width trend survive without weight decay or early stopping?"
@@ -36,7 +36,6 @@ SOURCE = "Shin et al. Sec. 5, Fig. 5c-d"
 # (0.7 pp over a 128x wider model). A difference of two trends uses the same scale.
 DELTA_SLOPE = 0.001
 DELTA_REASON = "0.1 pp per doubling: 0.7 pp over a 128x wider model (the width study's δ)"
-EFFECT_COLUMNS = ["estimate", "low", "high", "n", "sd", "diverged", "treatment", "control"]
 
 
 def slug(variant: str) -> str:
@@ -45,14 +44,15 @@ def slug(variant: str) -> str:
 
 def variant_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, run) with the variant's test accuracy in column ``acc``."""
-    runs = _ensure(runs, ["tag", "best_test_acc", "final_test_acc"])
+    runs = ensure_columns(runs, ["tag", "best_test_acc", "final_test_acc"])
     reg = runs[runs["tag"] == REGULARIZED]
     wd = runs[runs["tag"] == NO_WD]
     es = runs[runs["tag"] == NO_ES]
+    if es.empty:   # no trained arm: the regularized runs' last epoch
+        es = reg
     frames = [reg.assign(variant=REGULARIZED, acc=reg["best_test_acc"]),
               wd.assign(variant=NO_WD, acc=wd["best_test_acc"]),
-              (es if len(es) else reg).assign(variant=NO_ES,
-                                              acc=(es if len(es) else reg)["final_test_acc"])]
+              es.assign(variant=NO_ES, acc=es["final_test_acc"])]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -73,7 +73,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         raise ValueError(f"regularization: no runs tagged {REGULARIZED!r} (tags: "
                          f"{', '.join(tags) or 'none'}); its arms need {{tag: regularized}}")
     v = variant_runs(runs)
-    gain = _paired(v, ["variant", "width", "params"])
+    gain = paired_table(v, "acc", SAM, SGD, by=["variant", "width", "params"])
     by_variant = {name: v[v["variant"] == name] for name in VARIANTS}
     slopes = {name: seed_slopes(g) for name, g in by_variant.items()}
     claims = []
@@ -96,7 +96,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     trained_es = bool((runs["tag"] == NO_ES).any())
     reg = runs[runs["tag"] == REGULARIZED]
     facts = {
-        "status": _status(runs),
+        "status": status_line(runs),
         "no_early_stopping_from": (
             "separate runs trained without early stopping (their last epoch)" if trained_es
             else "the last epoch of the regularized runs themselves (the same runs, read "
@@ -107,25 +107,3 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         "final_train_acc_min": "n/a", "final_train_acc_max": "n/a",
     }
     return Analysis({"gain": gain, "trends": trends}, claims, facts)
-
-
-def _paired(v: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    t = stats.paired(v, "acc", SAM, SGD, by=by)
-    return t if len(t) else pd.DataFrame(columns=[*by, *EFFECT_COLUMNS])
-
-
-def _ensure(runs: pd.DataFrame, columns) -> pd.DataFrame:
-    """A table whose runs all diverged has no best_*/final_* columns: add them as NaN."""
-    missing = [c for c in columns if c not in runs]
-    return runs.assign(**{c: np.nan for c in missing}) if missing else runs
-
-
-def _status(runs: pd.DataFrame) -> str:
-    n, bad = len(runs), int((runs["status"] != "ok").sum())
-    if bad == 0:
-        return f"all {fmt.count(n, 'run')} finished"
-    if bad == n:
-        return (f"all {fmt.count(n, 'run')} diverged: there is nothing to compare, every "
-                "effect is n/a and every verdict cannot tell")
-    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
-            "left out of the effects and counted in the tables")

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .. import data, fmt, stats
-from . import Analysis, Claim
+from . import (PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, paired_table,
+               status_line)
 
 NAME = "simplicity"
 TITLE = "Simplicity: does SAM find simpler functions than SGD when overparameterized?"
@@ -29,7 +30,6 @@ FIT_FRACTION = 0.05  # a run fits the points if its training MSE < 5% of the tar
 DELTA = math.log(1.1)
 DELTA_REASON = ("×1.1: a 10% simpler function, the smallest difference we would call "
                 "simpler")
-EFFECT_COLUMNS = ["estimate", "low", "high", "n", "sd", "diverged", "treatment", "control"]
 KEEP = ("width", "optimizer", "seed", "status")
 
 
@@ -84,25 +84,25 @@ def analyze(runs: pd.DataFrame, cache: str = "results/runs") -> Analysis:
     if "key" not in runs:
         raise ValueError("simplicity: the runs need their 'key' column (sweep.run's table) to "
                          "read their learned functions from the run cache")
-    runs = _ensure(runs, ["final_train_loss"])
+    runs = ensure_columns(runs, ["final_train_loss"])
     runs = runs.drop(columns=[c for c in MEASURES if c in runs]).merge(
         measures(curves(runs, cache)), on="key", how="left")
     runs = runs.astype({m: float for m in MEASURES})   # all NaN (no probe) stays numeric
     by = ["width", "params"]
-    ratios = {m: _paired(runs, m, by) for m in MEASURES}
+    ratios = {m: paired_table(runs, m, SAM, SGD, by=by, log=True) for m in MEASURES}
     widest = runs["width"].max()
     claims = [
         Claim("widest", f"SAM finds a simpler function than SGD at the widest network (width "
               f"{widest}): a smaller total variation of the slope", SOURCE,
-              _effect_at(ratios["slope_tv"], widest), DELTA, DELTA_REASON, direction=-1,
+              effect_at(ratios["slope_tv"], width=widest), DELTA, DELTA_REASON, direction=-1,
               unit="ratio"),
         Claim("pieces_widest", f"SAM's function has fewer linear pieces than SGD's at the "
               f"widest network (width {widest})", SOURCE,
-              _effect_at(ratios["pieces"], widest), DELTA, DELTA_REASON, direction=-1,
+              effect_at(ratios["pieces"], width=widest), DELTA, DELTA_REASON, direction=-1,
               unit="ratio"),
     ]
     ratio = pd.concat([t.assign(measure=m) for m, t in ratios.items()],
-                      ignore_index=True)[["measure", *by, *EFFECT_COLUMNS]]
+                      ignore_index=True)[["measure", *by, *PAIRED_COLUMNS]]
     levels = _levels(runs)
     return Analysis({"ratio": ratio, "levels": levels}, claims,
                     _facts(runs, levels, widest))
@@ -137,7 +137,7 @@ def _facts(runs, levels, widest) -> dict:
     batch = runs["batch_size"].min() if "batch_size" in runs else float("nan")
     per_epoch = math.ceil(len(data.TOY1D_X) / batch) if np.isfinite(batch) else 1
     return {
-        "status": _status(runs),
+        "status": status_line(runs),
         "points": len(data.TOY1D_X),
         "widths": ", ".join(str(int(w)) for w in sorted(runs["width"].unique())),
         "widest": int(widest) if np.isfinite(widest) else "n/a",
@@ -149,34 +149,3 @@ def _facts(runs, levels, widest) -> dict:
         **{f"{m}_widest_{o}": level(m, o) for m in [*MEASURES, "final_train_loss"]
            for o in ("sgd", "sam")},
     }
-
-
-def _paired(runs, column, by):
-    t = stats.paired(runs, column, SAM, SGD, by=by, log=True)
-    return t if len(t) else pd.DataFrame(columns=[*by, *EFFECT_COLUMNS])
-
-
-def _effect_at(table: pd.DataFrame, width) -> stats.Effect:
-    rows = table[table["width"] == width]
-    if rows.empty:
-        return stats.NO_EFFECT
-    r = rows.iloc[0]
-    return stats.Effect(float(r["estimate"]), float(r["low"]), float(r["high"]), int(r["n"]),
-                        float(r["sd"]))
-
-
-def _ensure(runs: pd.DataFrame, columns) -> pd.DataFrame:
-    """A table whose runs all diverged has no final_* columns: add them as NaN."""
-    missing = [c for c in columns if c not in runs]
-    return runs.assign(**{c: np.nan for c in missing}) if missing else runs
-
-
-def _status(runs: pd.DataFrame) -> str:
-    n, bad = len(runs), int((runs["status"] != "ok").sum())
-    if bad == 0:
-        return f"all {fmt.count(n, 'run')} finished"
-    if bad == n:
-        return (f"all {fmt.count(n, 'run')} diverged: there is nothing to compare, every "
-                "effect is n/a and every verdict cannot tell")
-    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
-            "left out of the effects and counted in the tables")
