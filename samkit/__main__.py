@@ -26,6 +26,8 @@ _HELP = {
     "prune_to_width": "prune to the parameter count of the dense model of this width",
     "optimizer": "sgd | sam | asam",
     "rho": "SAM/ASAM perturbation radius",
+    "sam_interval": "sam/asam/looksam: the SAM ascent (2nd pass) on 1 step in k",
+    "looksam_alpha": "looksam: weight of the reused component between SAM steps",
     "eta": "ASAM's T = |w| + eta",
     "lr": "learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay", "batch_size": "batch size", "epochs": "epochs",

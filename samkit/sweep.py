@@ -259,7 +259,7 @@ def to_row(result: dict) -> dict:
     row = {**result["config"], "status": result["status"],
            "diverged_epoch": result.get("diverged_epoch"), "params": result["params"],
            "nonzero_params": result["nonzero_params"], "seconds": result["seconds"],
-           "train_seconds": result.get("train_seconds"),
+           "train_seconds": result.get("train_seconds"), "grad_evals": _grad_evals(result),
            "key": result.get("key"), "cached": result.get("cached")}
     for prefix in ("final", "best"):
         for k, v in result.get(prefix, {}).items():
@@ -267,6 +267,19 @@ def to_row(result: dict) -> dict:
     for k, v in result.get("hessian", {}).items():
         row[f"hessian_{k}"] = v
     return row
+
+
+def _grad_evals(result: dict):
+    """The forward+backward passes of a run's training steps: as the trainer counted them, or,
+    for a result stored before it did (sgd, sam and asam, a fixed count per step), derived
+    exactly from its config: epochs trained (the diverged epoch if it diverged) x
+    ceil(training examples / batch size) x passes per step (sgd 1, sam/asam 2)."""
+    if result.get("grad_evals") is not None:
+        return result["grad_evals"]
+    from .train import derived_grad_evals
+    epochs = (result["config"]["epochs"] if result["status"] == "ok"
+              else result.get("diverged_epoch"))
+    return float("nan") if epochs is None else derived_grad_evals(result["config"], epochs)
 
 
 # ----------------------------------------------------------------------------- statistics

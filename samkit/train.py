@@ -18,9 +18,12 @@ import torch.nn.functional as F
 from . import data as data_mod
 from .bn import bn_frozen
 from .models import MODELS, build_model, count_params
-from .sam import SAM
+from .sam import SAM, LookSAM, MomentumSAM
 
-OPTIMIZERS = ("sgd", "sam", "asam")
+# sgd; sam and asam (SAM / adaptive SAM, the ascent every `sam_interval` steps); looksam
+# (LookSAM: SAM every `sam_interval` steps, the reused component in between); msam
+# (Momentum-SAM: ε from the momentum buffer, one pass per step). See samkit.sam.
+OPTIMIZERS = ("sgd", "sam", "asam", "looksam", "msam")
 SCHEDULES = ("step", "step3", "cosine", "constant")
 LOSSES = ("auto", "ce", "mse")
 PRUNE = ("none", "random", "snip")
@@ -53,6 +56,8 @@ class TrainConfig:
     optimizer: str = "sgd"
     rho: float = 0.05
     eta: float = 0.01            # ASAM's T = |w| + eta
+    sam_interval: int = 1        # sam/asam/looksam: the ascent (2nd pass) on 1 step in k
+    looksam_alpha: float = 0.7   # looksam: weight of the reused component between SAM steps
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -83,11 +88,32 @@ class TrainConfig:
         if self.optimizer == "sgd":   # SGD ignores rho/eta: one cache entry for all values
             d["rho"] = d["eta"] = 0.0
         d["data_seed"] = self.effective_data_seed  # -1 and the seed it stands for: one run
+        # Options an optimizer ignores take their default (one cache entry for all values);
+        # eta only for the new optimizers: sam's keys have always held it.
+        if self.optimizer in ("looksam", "msam"):
+            d["eta"] = _DEFAULT_ETA
+        if self.optimizer not in ("sam", "asam", "looksam"):
+            d["sam_interval"] = KEY_OMITTED_AT_DEFAULT["sam_interval"]
+        if self.optimizer != "looksam":
+            d["looksam_alpha"] = KEY_OMITTED_AT_DEFAULT["looksam_alpha"]
+        for k, default in KEY_OMITTED_AT_DEFAULT.items():
+            if d[k] == default:
+                d.pop(k)
         return d
 
     @property
     def effective_data_seed(self) -> int:
         return self.seed if self.data_seed == -1 else self.data_seed
+
+
+# Fields added after the run cache (results/runs, hours of training) was started. The key of a
+# run hashes key_dict(), so a new field would change the key of every existing config and orphan
+# its cached result: these fields are left out of key_dict() while they hold their default, and
+# a config that existed before them keeps its key (tests/test_train_variants.py checks the
+# committed cache entries). Their defaults are therefore fixed for good: a changed default would
+# give an old key to a run with other numbers. Add every field added from now on here.
+KEY_OMITTED_AT_DEFAULT = {"sam_interval": 1, "looksam_alpha": 0.7}
+_DEFAULT_ETA = 0.01  # TrainConfig.eta's default
 
 
 _CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
@@ -119,6 +145,12 @@ def check_field(name: str, v) -> None:
         raise ValueError(f"{name}: got {v!r}; allowed: a number in [0, 1)")
     if name == "device" and v not in ("auto", "cpu") and not v.startswith("cuda"):
         raise ValueError(f"device: got {v!r}; allowed: auto, cpu, cuda, cuda:N")
+    if name == "sam_interval" and not v >= 1:
+        raise ValueError(f"sam_interval: got {v!r}; allowed: an int >= 1 (the SAM ascent on one "
+                         "step in k; 1: every step)")
+    if name == "looksam_alpha" and not v >= 0:
+        raise ValueError(f"looksam_alpha: got {v!r}; allowed: a number >= 0 (0: plain steps "
+                         "between LookSAM's SAM steps)")
 
 
 def _a(kind: str) -> str:
@@ -129,6 +161,9 @@ def validate_config(cfg) -> None:
     """Every field on its own, then the combinations; the first problem raises ValueError."""
     for name in FIELD_TYPES:
         check_field(name, getattr(cfg, name))
+    if cfg.optimizer == "msam" and not cfg.momentum > 0:
+        raise ValueError(f"momentum: got {cfg.momentum!r} with optimizer 'msam'; allowed: "
+                         "momentum > 0 (Momentum-SAM perturbs along the momentum buffer)")
     if cfg.prune == "none" and (cfg.sparsity or cfg.prune_to_width):
         raise ValueError(f"prune: got 'none' with sparsity={cfg.sparsity}, prune_to_width="
                          f"{cfg.prune_to_width}; allowed: random, snip (or drop the sparsity)")
@@ -179,8 +214,13 @@ def _make_optimizer(cfg, model):
                weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), **sgd)
+    if cfg.optimizer == "looksam":
+        return LookSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, k=cfg.sam_interval,
+                       alpha=cfg.looksam_alpha, **sgd)
+    if cfg.optimizer == "msam":
+        return MomentumSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, **sgd)
     return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, eta=cfg.eta,
-               adaptive=cfg.optimizer == "asam", **sgd)
+               adaptive=cfg.optimizer == "asam", interval=cfg.sam_interval, **sgd)
 
 
 def _make_scheduler(cfg, opt):
@@ -245,6 +285,43 @@ def load_for(cfg: TrainConfig, root: str | None = None):
     return data
 
 
+# ----------------------------------------------------------------------------- counting passes
+
+# Examples in the full training set of each image dataset (the files are pinned by their
+# checksums), so that a run's steps are known from its config without loading any data.
+FULL_TRAIN_SET = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
+
+
+def train_examples(config) -> int:
+    """The training examples of a run (``config``: a TrainConfig or its stored dict), exactly
+    as ``load_for`` gives them: n_train (a class-balanced subset of exactly that size), else
+    the whole training set less the validation split (synthetic: its default size, toy1d:
+    its 12 points)."""
+    c = config if isinstance(config, dict) else dataclasses.asdict(config)
+    if c["dataset"] == "toy1d":
+        return len(data_mod.TOY1D_X)
+    if c["dataset"] == "synthetic":
+        return c["n_train"] or data_mod.SYNTH_N_TRAIN
+    return c["n_train"] or FULL_TRAIN_SET[c["dataset"]] - c["n_val"]
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return -(-n_examples // batch_size)  # the last batch may be short
+
+
+def derived_grad_evals(config, epochs: int) -> int:
+    """Forward+backward passes of ``epochs`` epochs of a run, from its config alone (what the
+    trainer counts; also for results stored before it did). sgd and msam: one per step; sam
+    and asam: two on the steps k, 2k, ... (``sam_interval`` k; missing in a stored config
+    older than the field: 1), one on the others; looksam: two on the steps 0, k, 2k, ..."""
+    c = config if isinstance(config, dict) else dataclasses.asdict(config)
+    steps = epochs * steps_per_epoch(train_examples(c), c["batch_size"])
+    k = c.get("sam_interval", 1)
+    extra = {"sgd": 0, "msam": 0, "sam": steps // k, "asam": steps // k,
+             "looksam": -(-steps // k)}[c["optimizer"]]
+    return steps + extra
+
+
 # ----------------------------------------------------------------------------- one epoch
 
 def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None):
@@ -263,13 +340,19 @@ def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None):
             x = data_mod.augment(x, g)
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        if isinstance(opt, SAM):
+        if isinstance(opt, MomentumSAM):  # ε is known before the pass: to w̃ first
             opt.first_step(zero_grad=True)
-            with bn_frozen(model), autocast:
-                loss_fn(model(x), y).backward()
+        with autocast:
+            loss = loss_fn(model(x), y)  # Momentum-SAM: the loss at w̃, not at w
+        loss.backward()
+        if isinstance(opt, MomentumSAM):
+            opt.second_step(zero_grad=True)
+        elif isinstance(opt, SAM):
+            # The second pass only when the step takes the ascent (always for sam with
+            # sam_interval 1; LookSAM and sam_interval k: one step in k).
+            if opt.first_step(zero_grad=True):
+                with bn_frozen(model), autocast:
+                    loss_fn(model(x), y).backward()
             opt.second_step(zero_grad=True)
         else:
             opt.step()
@@ -363,6 +446,10 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
     # is lost): train_seconds counts training only (no data loading, evaluation, checkpoints).
     seconds_before = resumed.get("seconds", 0.0) if resumed else 0.0
     train_seconds = resumed.get("train_seconds", 0.0) if resumed else 0.0
+    # Forward+backward passes of the training steps so far (evaluation excluded). A checkpoint
+    # written before this count existed is of sgd, sam or asam with one fixed count per step.
+    grad_evals = ((resumed.get("grad_evals") if "grad_evals" in resumed
+                   else derived_grad_evals(cfg, start)) if resumed else 0)
     # The reference for the divergence bound: the loss at initialisation on the first batch, in
     # eval mode so that no BatchNorm statistic (hence no number of the run) changes.
     initial_loss = (resumed.get("initial_loss") if resumed else None) or evaluate(
@@ -371,7 +458,12 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
     loss_sum = 0.0
     for epoch in range(start if status == "ok" else cfg.epochs, cfg.epochs):
         tick = time.perf_counter()
+        evals_before = opt.grad_evals if isinstance(opt, SAM) else 0
         loss_sum = loss_sum + train_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
+        # The SAM family counts the passes its steps took (2 on a step with the ascent, else
+        # 1); plain SGD takes one per batch.
+        grad_evals += (opt.grad_evals - evals_before if isinstance(opt, SAM)
+                       else steps_per_epoch(len(data.x_train), cfg.batch_size))
         sched.step()
         if (epoch + 1) % cfg.eval_every and epoch + 1 < cfg.epochs:
             train_seconds += time.perf_counter() - tick  # queued GPU work drains in a later tick
@@ -399,7 +491,7 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "best": best,
                 "best_state": best_state, "train_seconds": train_seconds,
-                "initial_loss": initial_loss,
+                "initial_loss": initial_loss, "grad_evals": grad_evals,
                 "seconds": seconds_before + time.time() - t0})
         if status == "diverged":
             break
@@ -407,7 +499,7 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
         progress.close()
     result = _result(cfg, model, data, history, best, status, loss_fn, best_state)
     result.update(seconds=seconds_before + time.time() - t0, train_seconds=train_seconds,
-                  initial_loss=initial_loss)
+                  initial_loss=initial_loss, grad_evals=grad_evals)
     return (result, model) if return_model else result
 
 
