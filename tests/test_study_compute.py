@@ -112,7 +112,8 @@ def test_all_runs_diverged():
 
 
 def test_sgd_2x_not_run_yet():
-    a = compute.analyze(make_runs(lambda d, s: 0.0, tags={k: TAGS[k] for k in ("SGD 1x", "SAM 1x")}))
+    tags = {k: TAGS[k] for k in ("SGD 1x", "SAM 1x")}
+    a = compute.analyze(make_runs(lambda d, s: 0.0, tags=tags))
     assert a.claim("widest_vs_2x").verdict == "cannot tell"
     assert a.claim("grows_vs_2x").effect.n == 0
     assert a.facts["cost_widest"].startswith("1.90×")

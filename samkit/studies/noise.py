@@ -50,7 +50,8 @@ def analyze(runs: pd.DataFrame) -> Analysis:
               "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
     ]
     fit = _fit(runs)
-    facts = {**NO_FINISHED_RUN, "status": status_line(runs), "noise_levels": ", ".join(_pct(p) for p in levels),
+    facts = {**NO_FINISHED_RUN, "status": status_line(runs),
+             "noise_levels": ", ".join(_pct(p) for p in levels),
              "lowest_noise": _pct(low), "highest_noise": _pct(high),
              "clean_label_share": _pct(1 - high), "widest": int(widest),
              "grows_each": "; ".join(f"noise {_pct(c_p)}: {c.shown} ({c.verdict})"
