@@ -57,7 +57,7 @@ def test_planted_gain_and_trend():
 
 def test_cost_ratio():
     a = compute.analyze(make_runs(lambda d, s: 0.0, time_ratio=1.9))
-    assert a.facts["cost_widest"] == "1.90× [1.90, 1.90]"
+    assert a.facts["cost_widest"] == a.facts["time_ratio_widest"] == "1.90× [1.90, 1.90]"
     assert a.facts["cost_widest_vs_2x"] == "0.95× [0.95, 0.95]"
     t = a.tables["time"]
     row = t[(t["baseline"] == "SGD 1x") & (t["width"] == 512)].iloc[0]

@@ -60,6 +60,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
              "sam_vs_sgd_1x_widest": fmt.pp(vs_1x.estimate, vs_1x.low, vs_1x.high),
              "cost_widest": fmt.ratio(cost_1x.estimate, cost_1x.low, cost_1x.high),
              "cost_widest_vs_2x": fmt.ratio(cost_2x.estimate, cost_2x.low, cost_2x.high)}
+    facts["time_ratio_widest"] = facts["cost_widest"]  # the name the front page reads
     return Analysis({"gains": gains, "time": time}, claims, facts)
 
 
