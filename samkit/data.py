@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import replacing
+
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "synthetic", "toy1d")
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -133,6 +135,23 @@ def load_data(name: str, root: str = "data", n_train: int | None = None, n_val: 
     return Data(name, "classification", _normalise(x_train, name), y_noisy, y_clean,
                 noisy_idx, _normalise(x_tr[val_idx], name), y_tr[val_idx],
                 _normalise(x_te, name), y_te.clone(), NUM_CLASSES)
+
+
+# Examples in each image dataset's (training set, test set): fixed, as the files are pinned by
+# their checksums. Known without loading anything, so configs are checked before any work.
+SPLIT_SIZES = {"fashion_mnist": (60000, 10000), "mnist": (60000, 10000),
+               "cifar10": (50000, 10000)}
+
+
+def split_sizes(name: str, n_train: int | None = None) -> tuple[int | None, int]:
+    """(training examples available, test examples) of dataset ``name``, without loading it.
+    synthetic draws as many training examples as asked (None) and a test set of a quarter of
+    ``n_train`` (default SYNTH_N_TRAIN); toy1d has its 12 points and a test grid."""
+    if name == "synthetic":
+        return None, max((SYNTH_N_TRAIN if n_train is None else n_train) // 4, 1)
+    if name == "toy1d":
+        return len(TOY1D_X), TOY1D_TEST_POINTS
+    return SPLIT_SIZES[name]
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4,
@@ -246,15 +265,8 @@ def _where_to_put(name: str, raw: Path, download: bool) -> str:
 def _gunzip(src: Path, dst: Path) -> None:
     """Decompress to a temporary file, then rename: a kill never leaves a truncated ``dst``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
-    try:
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with gzip.open(src, "rb") as fin, replacing(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def _torchvision_download(name: str, root: Path) -> None:

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 
 from .provenance import provenance
-from .sweep import write_json_atomic
+from .atomic import replacing, write_json as write_json_atomic
 
 # The blog seed's table (000_*): PreActResNet18 on Fashion-MNIST, batch 128, rho 0.05.
 BLOG_TABLE = pd.DataFrame([
@@ -89,9 +89,8 @@ def load(study: str, profile: str, root: str = "results") -> tuple[dict, dict[st
 
 
 def _csv_atomic(df: pd.DataFrame, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
+    with replacing(path) as f:
+        df.to_csv(f, index=False, float_format="%.6g")
 
 
 def provenance_line(meta: dict) -> str:

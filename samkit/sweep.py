@@ -8,7 +8,6 @@ processes of one thread each: a run's numbers never depend on how many run besid
 """
 from __future__ import annotations
 
-import fcntl
 import dataclasses
 import glob
 import hashlib
@@ -20,11 +19,13 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
+import filelock
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
 
+from .atomic import write_json as write_json_atomic
 from .train import TrainConfig, run as train_run
 
 
@@ -62,21 +63,6 @@ def run_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 @contextmanager
 def _locked(path: str, mode: str = "wait"):
     """Hold an exclusive lock on ``path`` (mode "wait"); with "try", yields False (holding
@@ -85,16 +71,16 @@ def _locked(path: str, mode: str = "wait"):
     if mode == "none":
         yield True
         return
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if mode == "wait" else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    lock = filelock.FileLock(path, timeout=-1 if mode == "wait" else 0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True, lock: str = "wait"):
@@ -140,8 +126,11 @@ def _train_and_store(cfg, cache, key, path, quiet, lock) -> dict | None:
         result = {**_with_provenance(result), "format": RESULT_FORMAT,
                   "numerics": NUMERICS_VERSION}
         write_json_atomic(path, result)
-        if os.path.exists(ckpt):
-            os.remove(ckpt)
+        for done in (ckpt, path + ".lock"):
+            # The lock file can go: from now on every process finds the result before it
+            # would lock, and one already waiting re-reads the result once it gets the lock.
+            if os.path.exists(done):
+                os.remove(done)
         result["cached"] = False
         return result
 
@@ -193,31 +182,37 @@ def run(configs: list[TrainConfig], cache: str = "results/runs", quiet: bool = T
     if workers > 1:
         _in_processes(todo, cache, workers, progress)
     # Serially (and after the workers): train what is still missing, or wait for a run that
-    # another process (another sweep sharing the cache) holds.
-    train_missing([c for c in todo if _load_cached(c, cache) is None], cache, quiet, progress,
-                  lock="wait")
+    # another process (another sweep sharing the cache) holds and read it then.
+    got = train_missing([c for c in todo if _load_cached(c, cache) is None], cache, quiet,
+                        progress, lock="wait")
     for i, cfg in enumerate(configs):
         if results[i] is None:
-            results[i] = _load_cached(cfg, cache)
+            key = run_key(cfg)
+            results[i] = got.get(key) or _load_cached(cfg, cache)
             if results[i] is None:
-                raise RuntimeError(f"run {run_key(cfg)} ({cfg}) did not finish")
-            results[i]["cached"] = False  # trained by this call
+                raise RuntimeError(f"run {key} ({cfg}) did not finish")
+            if key not in got:
+                results[i]["cached"] = False  # trained by this call's workers
     return pd.DataFrame([to_row(r) for r in results])
 
 
-def train_missing(configs, cache, quiet=True, progress=True, shard=None, lock="try") -> None:
+def train_missing(configs, cache, quiet=True, progress=True, shard=None, lock="try") -> dict:
     """Train what ``cache`` lacks of ``configs``; by default skipping runs another process
     is training (the body of every worker). ``shard=(i, n)`` takes every n-th run only and
     no lock (a disjoint share, for cluster jobs that must not rely on file locks over a
-    network file system)."""
+    network file system). Returns the results it got, by key."""
     if shard is not None:
         configs, lock = configs[shard[0]::shard[1]], "none"
     keys = [run_key(cfg) for cfg in configs]
+    got = {}
     for cfg in configs:
         result = cached_run(cfg, cache, quiet=quiet, lock=lock)
+        if result is not None:
+            got[result["key"]] = result
         if progress and result is not None and not result["cached"]:
             done = sum(os.path.exists(os.path.join(cache, f"{k}.json")) for k in keys)
             print(_progress_line(done, len(configs), cfg, result), flush=True)
+    return got
 
 
 def _in_processes(configs, cache, workers, progress) -> None:

@@ -132,7 +132,7 @@ def sweep_main(cache):
     while go and not os.path.exists(go):
         time.sleep(0.01)
     t0 = time.time()
-    df = sweep.run(configs, cache=cache, progress=False)
+    df = sweep.run(configs, cache=cache, progress=False, workers=1)  # hooks are in-process
     cached = {k: bool(c) for k, c in zip(df["key"], df["cached"])}
     rows = df.drop(columns=["seconds", "train_seconds", "cached"]).to_dict(orient="records")
     out = {"rows": rows, "cached": cached, "seconds": time.time() - t0}
@@ -328,8 +328,8 @@ def test_sigkill_anywhere_loses_nothing_and_matches_an_uninterrupted_sweep(serve
             "json-partial:1",                 # result JSON half written
             "run-done:1",                     # between runs: first result stored
             f"batch:{BATCHES_PER_EPOCH + rng.randint(1, BATCHES_PER_EPOCH - 1)}",  # epoch 2
-            "run-done:2"]                     # between runs: second result stored (the
-    # first run, now cached, is run-done:1)
+            "run-done:1"]                     # between runs: second result stored (the
+    # first run, now cached, is read without passing through cached_run)
     done, moments = {}, []
 
     def after_kill(a, what):
