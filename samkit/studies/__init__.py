@@ -73,21 +73,24 @@ class Claim:
 
     @property
     def explained(self) -> str:
-        """The verdict with its reason, for prose and tables."""
+        """The verdict with its reason, for prose and tables (ratios are read against 1)."""
         v, side = self.verdict, "above" if self.direction > 0 else "below"
+        zero = "1 (no change)" if self.unit == "ratio" else "0"
+        band = (f"×1/{math.exp(self.delta):.2f} to {self.delta_shown}" if self.unit == "ratio"
+                else f"±{self.delta_shown}")
         if v == "supports":
-            return f"supports: the 95% CI lies {side} 0"
+            return f"supports: the 95% CI lies {side} {zero}"
         if v == "contradicts":
             inside = (self.effect.low > -self.delta and self.effect.high < self.delta)
-            return ("contradicts: the 95% CI lies inside ±" + self.delta_shown
-                    + " (no effect worth having at this scale)" if inside else
-                    "contradicts: the 95% CI lies on the other side of 0")
+            return (f"contradicts: the 95% CI lies inside {band} (no effect worth having at "
+                    "this scale)" if inside else
+                    f"contradicts: the 95% CI lies on the other side of {zero}")
         n = self.seeds_needed
         if self.effect.n < 2:
             return "cannot tell: fewer than 2 finished seed pairs"
         more = (f"about {n} seeds would decide it" if n and n <= stats.MAX_SEEDS
                 else "no feasible number of seeds would decide it")
-        return f"cannot tell: the 95% CI spans 0 and reaches beyond ±{self.delta_shown}; {more}"
+        return f"cannot tell: the 95% CI spans {zero} and reaches beyond {band}; {more}"
 
 
 @dataclass
@@ -154,9 +157,9 @@ def regime(runs: pd.DataFrame) -> dict:
     if "n_train" in runs:  # 0: the whole training set (less the validation split)
         out["train_images"] = ", ".join(f"{int(n):,}" if n else "all"
                                         for n in sorted(runs["n_train"].unique()))
-    if "final_train_acc" in ok and ok["final_train_acc"].notna().any():
-        out["final_train_acc_min"] = fmt.pct(float(ok["final_train_acc"].min()))
-        out["final_train_acc_max"] = fmt.pct(float(ok["final_train_acc"].max()))
+    acc = ok["final_train_acc"].dropna() if "final_train_acc" in ok else ok.iloc[:0, :0]
+    out["final_train_acc_min"] = fmt.pct(float(acc.min())) if len(acc) else "n/a"
+    out["final_train_acc_max"] = fmt.pct(float(acc.max())) if len(acc) else "n/a"
     return out
 
 
