@@ -18,22 +18,6 @@ def stamp(fig, meta: dict) -> None:
     fig.tight_layout(rect=(0, 0.04, 1, 1))
 
 
-def gain_vs(table: pd.DataFrame, x: str, meta: dict, hue: str | None = None,
-            y: str = "gain", ylabel: str = "SAM − SGD test accuracy (pp)", logx: bool = True,
-            xlabel: str | None = None, ax=None, title: str | None = None):
-    """Mean with 95% CI error bars vs ``x`` (one line per ``hue``); y in percentage points."""
-    fig, ax = _fig(ax)
-    groups = [(None, table)] if hue is None else table.groupby(hue, sort=True)
-    palette = sns.color_palette(n_colors=max(1, len(groups) if hue else 1))
-    for color, (name, g) in zip(palette, groups):
-        g = g.sort_values(x)
-        ax.errorbar(g[x], 100 * g[y], yerr=100 * g["ci95"].fillna(0), marker="o", capsize=3,
-                    color=color, label=None if hue is None else f"{hue}={name}")
-        _mark_diverged(ax, g, x, y, 100)
-    ax.axhline(0, color="0.3", lw=0.8, ls="--")
-    return _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, False, hue is not None)
-
-
 def _fig(ax, size=(6.4, 4.0)):
     if ax is None:
         fig, ax = plt.subplots(figsize=size)
@@ -42,44 +26,6 @@ def _fig(ax, size=(6.4, 4.0)):
 
 
 # ----------------------------------------------------------------------------- study figures
-
-def mean_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = None,
-            y: str = "mean", ylabel: str = "test accuracy (%)", percent: bool = True,
-            logx: bool = True, logy: bool = False, xlabel: str | None = None, ax=None,
-            title: str | None = None, dashes: bool = False):
-    """Mean with 95% CI error bars vs ``x``, one line per ``hue`` (no zero line: for levels,
-    not differences). ``meta=None`` leaves the stamp to the caller (a panel of a larger
-    figure). Groups with diverged runs are annotated."""
-    fig, ax = _fig(ax)
-    scale = 100 if percent else 1
-    groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
-    palette = sns.color_palette(n_colors=max(1, len(groups)))
-    for color, (name, g) in zip(palette, groups):
-        g = g.sort_values(x)
-        ax.errorbar(g[x], scale * g[y], yerr=scale * g["ci95"].fillna(0), marker="o",
-                    capsize=3, color=color, ls="--" if dashes else "-",
-                    label=None if hue is None else f"{hue}={name}")
-        _mark_diverged(ax, g, x, y, scale)
-    return _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, logy, hue is not None)
-
-
-def _finish(fig, ax, meta, x, xlabel, ylabel, title, logx, logy, legend):
-    """Axis scales, labels, title, legend and the provenance stamp shared by line plots."""
-    if logx:
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # crowded minor labels overlap
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize=8)
-    if meta is not None:
-        stamp(fig, meta)
-    return fig
-
 
 def _mark_diverged(ax, g, x, y, scale):
     if "diverged" not in g:
@@ -116,127 +62,6 @@ def vs_blog(table: pd.DataFrame, meta: dict):
         ax.set_ylabel(label)
     axes[0].set_ylim(0, 100)
     axes[0].legend(fontsize=8, loc="lower right")
-    stamp(fig, meta)
-    return fig
-
-
-def rho_curves(acc: pd.DataFrame, sgd: pd.DataFrame, best: pd.DataFrame, meta: dict,
-               hue: str = "width", y: str = "mean"):
-    """SAM accuracy vs rho (log x), one line per ``hue`` with its 95% CI; that width's SGD
-    accuracy as a dashed line of the same colour; a star at the best rho (rho*)."""
-    fig, ax = plt.subplots(figsize=(7.0, 4.4))
-    names = sorted(acc[hue].unique())
-    palette = dict(zip(names, sns.color_palette(n_colors=max(1, len(names)))))
-    for name, g in acc.groupby(hue, sort=True):
-        g = g.sort_values("rho")
-        color = palette[name]
-        ax.errorbar(g["rho"], 100 * g[y], yerr=100 * g["ci95"].fillna(0), marker="o",
-                    capsize=3, color=color, label=f"SAM, {hue}={name}")
-        _mark_diverged(ax, g, "rho", y, 100)
-        base = sgd[sgd[hue] == name]
-        if len(base) and np.isfinite(base[y].iloc[0]):
-            m, c = 100 * base[y].iloc[0], 100 * np.nan_to_num(base["ci95"].iloc[0])
-            ax.axhline(m, color=color, ls="--", lw=1.2)
-            ax.axhspan(m - c, m + c, color=color, alpha=0.08, lw=0)
-        star = best[best[hue] == name]
-        if len(star):
-            ax.plot(star["rho"], 100 * star[y], marker="*", ms=16, color=color,
-                    markeredgecolor="black", ls="none")
-    _clip_low(ax, acc, "rho", y, floor=100 * sgd[y].min() - 10)
-    ax.plot([], [], color="0.3", ls="--", label="SGD (same width)")
-    ax.plot([], [], marker="*", ms=12, color="0.6", markeredgecolor="black", ls="none",
-            label="best rho (ρ*)")
-    ax.set_xscale("log")
-    ticks = sorted(acc["rho"].unique())
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("SAM perturbation radius ρ")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("SAM accuracy vs ρ per width (dashed: SGD)")
-    ax.legend(fontsize=8, loc="lower left")
-    stamp(fig, meta)
-    return fig
-
-
-def _clip_low(ax, table, x, y, floor):
-    """Keep the y-axis on the interesting range: points more than 10 pp below the baseline
-    are drawn at the bottom edge, labelled with their value."""
-    if not np.isfinite(floor):
-        return
-    low = table[100 * table[y] < floor]
-    if low.empty:
-        return
-    ax.set_ylim(bottom=floor)
-    for _, row in low.iterrows():
-        ax.annotate(f"↓ {100 * row[y]:.1f}%", (row[x], floor), textcoords="offset points",
-                    xytext=(0, 3), fontsize=7, ha="center", color="0.2")
-
-
-def variants(table: pd.DataFrame, label: str, meta: dict, y: str = "gain",
-             xlabel: str = "SAM − SGD test accuracy (pp)", title: str | None = None):
-    """One point with its 95% CI per row (e.g. per model variant), labelled by the format
-    string ``label`` filled from the row (e.g. "{tag} · width {width}"), plus its diverged
-    count; a dashed line at 0."""
-    t = table.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8.0, 1.4 + 0.6 * len(t)))
-    ys = np.arange(len(t))[::-1]
-    ax.errorbar(100 * t[y], ys, xerr=100 * t["ci95"].fillna(0), fmt="o", capsize=4,
-                color=sns.color_palette(n_colors=1)[0])
-    names = [label.format(**{k: _fmt_value(v) for k, v in r.items()}) for _, r in t.iterrows()]
-    if "diverged" in t:
-        names = [n + (f"\n{int(d)} diverged" if d else "") for n, d in zip(names, t["diverged"])]
-    ax.set_yticks(ys, names, fontsize=8)
-    ax.set_ylim(-0.6, len(t) - 0.4)
-    ax.axvline(0, color="0.3", lw=0.8, ls="--")
-    ax.set_xlabel(xlabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    stamp(fig, meta)
-    return fig
-
-
-def _fmt_value(v):
-    if isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer()):
-        return f"{int(v):,}"
-    return v
-
-
-def acc_and_gain(acc: pd.DataFrame, gain: pd.DataFrame, x: str, hue: str, meta: dict,
-                 gain_hue: str | None = None, xlabel: str | None = None,
-                 gain_label: str = "SAM − SGD test accuracy (pp)"):
-    """Two panels: accuracy (mean, 95% CI) vs ``x`` per ``hue``; a gain table vs ``x``
-    (per ``gain_hue``) with its CIs and a zero line."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    mean_vs(acc, x, None, hue=hue, ax=axes[0], xlabel=xlabel, title="test accuracy")
-    groups = [(None, gain)] if gain_hue is None else list(gain.groupby(gain_hue, sort=True))
-    for color, (name, g) in zip(sns.color_palette("dark", n_colors=max(1, len(groups))),
-                                groups):
-        g = g.sort_values(x)
-        axes[1].errorbar(g[x], 100 * g["gain"], yerr=100 * g["ci95"].fillna(0), marker="o",
-                         capsize=3, color=color, label=name)
-        _mark_diverged(axes[1], g, x, "gain", 100)
-    axes[1].axhline(0, color="0.3", lw=0.8, ls="--")
-    axes[1].set_xscale("log")
-    axes[1].xaxis.set_minor_formatter(plt.NullFormatter())
-    axes[1].set_xlabel(xlabel or x)
-    axes[1].set_ylabel(gain_label)
-    axes[1].set_title("paired difference (same seed)")
-    if gain_hue is not None:
-        axes[1].legend(fontsize=8)
-    stamp(fig, meta)
-    return fig
-
-
-def hessian_panels(summary: pd.DataFrame, meta: dict, metrics: dict, x: str = "params",
-                   hue: str = "optimizer", logy: bool = True):
-    """One panel per Hessian measure (``metrics``: column -> axis label) of a
-    ``findings.summarize_many`` table: mean with 95% CI vs ``x`` per ``hue``."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4.0))
-    for ax, (metric, label) in zip(np.atleast_1d(axes), metrics.items()):
-        t = summary[summary["metric"] == metric]
-        positive = bool((t["mean"].dropna() > 0).all())
-        mean_vs(t, x, None, hue=hue, ax=ax, ylabel=label, percent=False,
-                logy=logy and positive, xlabel="parameters", title=label)
     stamp(fig, meta)
     return fig
 
@@ -296,30 +121,6 @@ def step_ratios(bench: pd.DataFrame, provenance: list[dict]):
                                 for p in provenance}))
     fig.text(0.01, 0.005, f"device: {devices}", fontsize=7, color="0.4")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return fig
-
-
-def verdicts(book: dict):
-    """Per study, how many of its verdicts support, contradict or cannot tell the claim."""
-    rows = []
-    for _, r in book["table"].iterrows():
-        for item in str(r["verdict(s)"]).split("; "):
-            v = item.split(": ")[-1].strip()
-            kind = ("supports" if v == "supports" else "contradicts" if v == "contradicts"
-                    else "unclear / cannot test")
-            rows.append({"study": r["study"], "verdict": kind})
-    d = pd.DataFrame(rows, columns=["study", "verdict"])
-    counts = d.value_counts(["study", "verdict"]).unstack(fill_value=0)
-    order = ["supports", "contradicts", "unclear / cannot test"]
-    counts = counts.reindex(columns=order, fill_value=0).reindex(book["table"]["study"])
-    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(counts) + 1.6))
-    counts.plot.barh(stacked=True, ax=ax, color=["#2a9d8f", "#e76f51", "#bbbbbb"], width=0.7)
-    ax.invert_yaxis()
-    ax.set_xlabel("number of verdicts")
-    ax.set_ylabel("")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("What our runs say about each claim")
-    stamp(fig, book)
     return fig
 
 

@@ -14,26 +14,10 @@ import pandas as pd
 from .provenance import provenance
 from .atomic import replacing, write_json as write_json_atomic
 
-# The blog seed's table (000_*): PreActResNet18 on Fashion-MNIST, batch 128, rho 0.05.
-BLOG_TABLE = pd.DataFrame([
-    {"arm": "SGD 300 ep", "optimizer": "sgd", "epochs": 300, "test_acc": 0.920, "gap": 0.068},
-    {"arm": "SAM 150 ep", "optimizer": "sam", "epochs": 150, "test_acc": 0.925, "gap": 0.023},
-    {"arm": "SAM 200 ep", "optimizer": "sam", "epochs": 200, "test_acc": 0.927, "gap": 0.030},
-])
-
 RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
                "sparsity", "prune_to_width", "weight_decay", "early_stopping", "epochs", "seed",
                "status", "diverged_epoch", "params", "nonzero_params", "seconds", "train_seconds",
                "cached")
-
-
-class Timer:
-    def __init__(self):
-        self.start = time.time()
-
-    @property
-    def seconds(self) -> float:
-        return time.time() - self.start
 
 
 def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.DataFrame],
@@ -57,13 +41,6 @@ def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.Data
     write_json_atomic(os.path.join(out, "metrics.json"), meta)
     _write_dvc_metrics(meta, os.path.join(root, profile, "dvc_metrics", f"{study}.json"))
     return meta
-
-
-def by_series(table: pd.DataFrame, column: str, prefix: str) -> dict[str, pd.DataFrame]:
-    """One table per value of ``column`` (e.g. per model), named ``<prefix>_<value>``, for
-    ``save``: DVC's plots tell series apart by file."""
-    from .findings import slug
-    return {f"{prefix}_{slug(value)}": g for value, g in table.groupby(column, sort=True)}
 
 
 def _write_dvc_metrics(meta: dict, path: str) -> None:

@@ -135,3 +135,16 @@ def _select(df: pd.DataFrame, where: dict) -> pd.DataFrame:
     for k, v in where.items():
         mask &= (df[k] == v).to_numpy()
     return df.loc[mask]
+
+
+def levels(runs: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Per group of ``by``: the mean of ``metric`` over finished runs with its 95% CI (low,
+    high), n finished, diverged runs (kept as a count, never dropped)."""
+    rows = []
+    for keys, g in runs.groupby(by, sort=True, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        ok = g[g["status"] == "ok"]
+        e = mean_effect(ok[metric]) if metric in ok else NO_EFFECT
+        rows.append({**dict(zip(by, keys)), **e.as_dict(),
+                     "diverged": int((g["status"] != "ok").sum())})
+    return pd.DataFrame(rows)

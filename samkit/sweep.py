@@ -23,7 +23,6 @@ import filelock
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from .atomic import write_json as write_json_atomic
 from .train import TrainConfig, run as train_run
@@ -277,65 +276,6 @@ def _grad_evals(result: dict):
     return float("nan") if epochs is None else derived_grad_evals(result["config"], epochs)
 
 
-# ----------------------------------------------------------------------------- statistics
-
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the Student-t confidence interval, n); NaNs ignored.
-    The half-width is NaN with fewer than two values."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    if n == 1:
-        return float(v[0]), float("nan"), 1
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / np.sqrt(n)
-    return float(v.mean()), float(half), n
-
-
-def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
-    """Per group of ``by``: mean, 95% CI half-width, number of finished and diverged runs."""
-    rows = []
-    for keys, g in df.groupby(by, sort=True, dropna=False):
-        ok = g[g["status"] == "ok"]
-        mean, ci, n = mean_ci(ok[metric]) if metric in ok else (np.nan, np.nan, 0)
-        rows.append({**dict(zip(by, _tuple(keys))), "mean": mean, "ci95": ci, "n": n,
-                     "diverged": int((g["status"] == "diverged").sum())})
-    return pd.DataFrame(rows)
-
-
-def paired_gain(df: pd.DataFrame, by: list[str], metric: str = "best_test_acc",
-                treatment: dict | None = None, control: dict | None = None,
-                pair_on: str = "seed") -> pd.DataFrame:
-    """treatment − control per ``by`` group, paired on ``pair_on`` (same seed, same data):
-    mean gain, 95% CI, n pairs; a pair with a diverged side counts as diverged, not dropped."""
-    treatment = treatment or {"optimizer": "sam"}
-    control = control or {"optimizer": "sgd"}
-    t, c = _select(df, treatment), _select(df, control)
-    cols = [*by, pair_on]
-    merged = t.merge(c, on=cols, suffixes=("_t", "_c"))
-    rows = []
-    for keys, g in merged.groupby(by, sort=True):
-        ok = g[(g["status_t"] == "ok") & (g["status_c"] == "ok")]
-        diff = (ok[f"{metric}_t"] - ok[f"{metric}_c"]).tolist()
-        mean, ci, n = mean_ci(diff)
-        rows.append({**dict(zip(by, _tuple(keys))), "gain": mean, "ci95": ci, "n": n,
-                     "treatment": ok[f"{metric}_t"].mean(), "control": ok[f"{metric}_c"].mean(),
-                     "diverged": len(g) - len(ok)})
-    return pd.DataFrame(rows)
-
-
-def _select(df, where: dict) -> pd.DataFrame:
-    mask = np.ones(len(df), dtype=bool)
-    for k, v in where.items():
-        mask &= (df[k] == v).to_numpy()
-    keep = [c for c in df.columns if c not in where]
-    return df.loc[mask, keep]
-
-
-def _tuple(keys):
-    return keys if isinstance(keys, tuple) else (keys,)
-
-
 # ----------------------------------------------------------------------------- stored results
 
 def load_result(key: str, cache: str = "results/runs") -> dict:
@@ -343,18 +283,3 @@ def load_result(key: str, cache: str = "results/runs") -> dict:
     hessian, provenance — what the flat row leaves out."""
     with open(os.path.join(cache, f"{key}.json")) as f:
         return json.load(f)
-
-
-def probes(runs: pd.DataFrame, cache: str = "results/runs",
-           keep: tuple = ("width", "optimizer", "seed", "status")) -> pd.DataFrame:
-    """The learned functions of toy-1D runs as one long table (key, ``keep`` columns, x, y):
-    each run's ``probe`` (its output on a fixed grid) read from its cached result. Runs
-    without a probe (diverged, or not a 1-D regression) contribute no rows."""
-    frames = []
-    for _, row in runs.iterrows():
-        probe = load_result(row["key"], cache).get("probe")
-        if probe:
-            frames.append(pd.DataFrame({"key": row["key"], **{c: row[c] for c in keep},
-                                        "x": probe["x"], "y": probe["y"]}))
-    cols = ["key", *keep, "x", "y"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

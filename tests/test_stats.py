@@ -60,3 +60,14 @@ def test_ratio_claims_read_against_one():
                                                            np.log(0.6), 6, 0.1),
               np.log(1.1), "10%", direction=-1, unit="ratio")
     assert c.verdict == "supports" and "below 1" in c.explained and c.shown.startswith("0.50×")
+
+
+def test_levels_count_diverged_and_keep_empty_groups():
+    runs = pd.DataFrame([dict(optimizer=o, width=w, seed=s, acc=0.8 + 0.01 * s,
+                              status="diverged" if (o, w) == ("sam", 32) else "ok")
+                         for o in ("sgd", "sam") for w in (8, 32) for s in range(3)])
+    t = stats.levels(runs, ["optimizer", "width"], "acc").set_index(["optimizer", "width"])
+    assert t.loc[("sam", 32), ["n", "diverged"]].tolist() == [0, 3]
+    assert np.isnan(t.loc[("sam", 32), "estimate"])
+    ci = sps.t.interval(0.95, 2, loc=0.81, scale=np.std([0.8, 0.81, 0.82], ddof=1) / np.sqrt(3))
+    assert (t.loc[("sgd", 8), "low"], t.loc[("sgd", 8), "high"]) == pytest.approx(ci)

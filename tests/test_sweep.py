@@ -63,38 +63,6 @@ def test_a_result_of_an_older_format_is_retrained(tmp_path):
     assert sweep.run([cfg], cache=cache, progress=False)["cached"].all()
 
 
-def test_mean_ci_matches_scipy():
-    v = [0.1, 0.3, 0.2, 0.5]
-    mean, half, n = sweep.mean_ci(v)
-    lo, hi = stats.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=stats.sem(v))
-    assert (mean, n) == (pytest.approx(np.mean(v)), 4)
-    assert half == pytest.approx((hi - lo) / 2)
-    assert np.isnan(sweep.mean_ci([1.0])[1])
-    assert sweep.mean_ci([np.nan, 2.0, 4.0])[2] == 2
-
-
-def test_paired_gain_pairs_by_seed_and_counts_diverged():
-    df = pd.DataFrame([
-        {"optimizer": o, "width": w, "seed": s, "status": st, "best_test_acc": acc}
-        for (o, w, s, st, acc) in [
-            ("sgd", 4, 0, "ok", 0.50), ("sam", 4, 0, "ok", 0.55),
-            ("sgd", 4, 1, "ok", 0.60), ("sam", 4, 1, "ok", 0.62),
-            ("sgd", 4, 2, "ok", 0.40), ("sam", 4, 2, "diverged", np.nan),
-            ("sgd", 8, 0, "ok", 0.70), ("sam", 8, 0, "ok", 0.80),
-        ]])
-    g = sweep.paired_gain(df, by=["width"]).set_index("width")
-    assert g.loc[4, "gain"] == pytest.approx(np.mean([0.05, 0.02]))
-    assert g.loc[4, "n"] == 2 and g.loc[4, "diverged"] == 1
-    assert g.loc[8, "gain"] == pytest.approx(0.10) and np.isnan(g.loc[8, "ci95"])
-
-
-def test_summarize_counts_diverged():
-    df = pd.DataFrame({"optimizer": ["sgd"] * 3, "status": ["ok", "ok", "diverged"],
-                       "best_test_acc": [0.5, 0.7, np.nan]})
-    s = sweep.summarize(df, ["optimizer"], "best_test_acc").iloc[0]
-    assert (s["mean"], s["n"], s["diverged"]) == (pytest.approx(0.6), 2, 1)
-
-
 def test_commit_is_dirty_only_for_code_changes(tmp_path, monkeypatch):
     """The pipeline rewrites tracked results while it runs; that must not mark them "-dirty"."""
     def git(*args):
