@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from .train import TrainConfig
+from .train import OPTIMIZERS, TrainConfig
 
 _HELP = {
     "dataset": "fashion_mnist | mnist | cifar10 | synthetic | toy1d",
@@ -24,8 +24,10 @@ _HELP = {
     "prune": "none | random | snip (sparsity at initialisation)",
     "sparsity": "fraction of prunable weights removed at init, in [0, 1)",
     "prune_to_width": "prune to the parameter count of the dense model of this width",
-    "optimizer": "sgd | sam | asam",
+    "optimizer": " | ".join(OPTIMIZERS),
     "rho": "SAM/ASAM perturbation radius",
+    "sam_interval": "sam/asam/looksam: the SAM ascent (2nd pass) on 1 step in k",
+    "looksam_alpha": "looksam: weight of the reused component between SAM steps",
     "sam_interval": "sam/asam/looksam: the SAM ascent (2nd pass) on 1 step in k",
     "looksam_alpha": "looksam: weight of the reused component between SAM steps",
     "eta": "ASAM's T = |w| + eta",
@@ -34,7 +36,8 @@ _HELP = {
     "eval_every": "evaluate and checkpoint every N epochs (and after the last)",
     "schedule": "step (x0.1 at 50%% and 75%%) | step3 (at 25, 50, 75%%) | cosine | constant",
     "loss": "auto | ce | mse (auto: ce for classes, mse for regression)",
-    "early_stopping": "report the epoch of best validation accuracy (needs --n-val)",
+    "early_stopping": "report the epoch of best validation accuracy (needs --n-val; default: "
+                      "on with --n-val, off without)",
     "seed": "model-init and batch-order seed",
     "hessian_samples": "measure lambda_max, trace, non-uniformity on this many train points",
     "device": "auto | cpu | cuda | cuda:N", "bf16": "bf16 autocast",
@@ -42,17 +45,25 @@ _HELP = {
 }
 
 
+def _help(name: str) -> str:
+    # A field added to TrainConfig without a line here still gets its flag (and the CLI works).
+    return _HELP.get(name, f"TrainConfig.{name}")
+
+
 def _train_parser(sub):
     p = sub.add_parser("train", help="train one model and print its result as JSON",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
+        if f.name == "early_stopping":  # None: on exactly when there is a validation split
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=_help(f.name))
+        elif f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=_HELP[f.name])
+                           help=_help(f.name))
         else:
             p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type],
-                           default=f.default, help=_HELP[f.name], metavar=f.type.upper())
+                           default=f.default, help=_help(f.name), metavar=f.type.upper())
     p.add_argument("--checkpoint", help="checkpoint path: written every epoch, resumed if present")
     p.add_argument("--history", action="store_true", help="include the per-epoch history")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -61,6 +72,14 @@ def _train_parser(sub):
 
 def cmd_train(args, parser):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if values["early_stopping"] is None:
+        values["early_stopping"] = values["n_val"] > 0
+    elif values["early_stopping"] and not values["n_val"]:
+        # Early stopping picks the epoch of best validation accuracy: without a validation
+        # split it would silently report the last epoch.
+        parser.error("early_stopping: got --early-stopping with n_val 0; allowed: "
+                     "--n-val N (N > 0) to early-stop on a validation split, or "
+                     "--no-early-stopping")
     try:
         cfg = TrainConfig(**values)
     except ValueError as e:
@@ -79,13 +98,19 @@ def cmd_train(args, parser):
     print(json.dumps(result, indent=1))
 
 
+def _params_errors(e) -> int:
+    """Print every problem of a ParamsError, one ``error:`` line each; the exit status 2."""
+    for line in e.problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
 def cmd_validate(args, parser):
     from .params import ParamsError, load
     try:
         load(args.params)
     except ParamsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _params_errors(e)
     print(f"{args.params}: ok")
     return 0
 
@@ -110,8 +135,7 @@ def cmd_sweep(args, parser):
                     seen.add(key)
                     configs.append(cfg)
     except ParamsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _params_errors(e)
     t0 = time.time()
     print(f"{len(configs)} runs of {', '.join(studies)} (profile {profile})", flush=True)
     runs = sweep.run(configs, cache=args.cache, workers=args.workers)
@@ -127,8 +151,7 @@ def cmd_stage(args, parser):
     try:
         params = load(args.params)
     except ParamsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _params_errors(e)
     import papermill
     src = os.path.join("notebooks", f"{args.study}.ipynb")
     out = _STAGE_OUTPUTS.get(args.study, os.path.join("book", "studies", f"{args.study}.ipynb"))

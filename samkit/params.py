@@ -1,20 +1,27 @@
 """Load and validate params.yaml: every mistake is one line naming the key, value and what is
-allowed, raised before any training starts.
+allowed, raised before any training starts; all of a file's mistakes are reported at once.
 
 Layout of params.yaml::
 
-    profile: cpu                 # which sub-section of every study runs: cpu | gpu
+    profile: cpu                 # which sub-section of every study runs: quick | cpu | gpu
     <study>:                     # one of STUDIES
       <profile>:
         base: {<TrainConfig field>: value, ...}       # shared by every run of the study
         grid: {<field>: [v1, v2, ...], ...}           # axes: the product of all lists
         arms: [{<field>: value or [values]}, ...]     # optional variants; a list is an axis
+
+Every profile block present in the file is checked, not only the active one: a mistake in the
+gpu block is found on a laptop, before a GPU is booked.
 """
 from __future__ import annotations
 
+import itertools
+import math
+import re
+
 import yaml
 
-from .train import TrainConfig, check_field
+from .train import FIELD_TYPES, TrainConfig, check_field
 
 PROFILES = ("quick", "cpu", "gpu")
 STUDIES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
@@ -22,101 +29,291 @@ STUDIES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regulari
 TOP_KEYS = ("profile", *STUDIES)
 SECTION_KEYS = ("base", "grid", "arms")
 
+# What a study needs of every one of its runs, beyond each field being valid on its own:
+# {study: {field: (test, what is allowed)}}. The study's notebook reads what these produce.
+REQUIRED = {
+    "hessian": {"hessian_samples": (lambda v: v > 0, "an int > 0 (the study measures the "
+                                    "Hessian of each run on this many training points)")},
+    "simplicity": {"dataset": (lambda v: v == "toy1d", "toy1d (the study reads each run's "
+                               "learned 1-D function on a grid of inputs)")},
+}
+
 
 class ParamsError(ValueError):
-    """A bad params.yaml entry; str() is the one-line message for the user."""
+    """Bad params.yaml entries; ``problems`` holds one line per mistake, str() joins them."""
+
+    def __init__(self, problems):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# ----------------------------------------------------------------------------- reading
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain yaml.safe_load
+    keeps the last one silently). Merge keys (``<<: *anchor``) are not duplicates: the keys
+    written beside them override the merged ones, as YAML intends."""
+
+    def construct_document(self, node):
+        self.duplicates = []
+        self._find_duplicates(node, "", set())
+        return super().construct_document(node)
+
+    def _find_duplicates(self, node, path, seen_nodes):
+        if id(node) in seen_nodes:  # an alias: its anchor was checked where it was defined
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self._find_duplicates(value_node, path, seen_nodes)
+                    continue
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                where = f"{path}.{key}" if path else str(key)
+                if key is not None:
+                    if key in first:
+                        what = "section" if not path else "key"
+                        self.duplicates.append(
+                            (key_node.start_mark.line + 1,
+                             f"{where}: duplicate {what} (first at line {first[key]}); "
+                             f"allowed: each {what} once"))
+                    else:
+                        first[key] = key_node.start_mark.line + 1
+                self._find_duplicates(value_node, where, seen_nodes)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._find_duplicates(item, f"{path}[{i}]", seen_nodes)
 
 
 def load(path: str = "params.yaml") -> dict:
-    """Parse and validate the whole file; returns the raw dict."""
+    """Parse and validate the whole file; returns the raw dict. Raises ParamsError with every
+    problem found (duplicate keys, bad values in any profile, bad combinations)."""
     try:
         with open(path) as f:
-            params = yaml.safe_load(f)
+            loader = _UniqueKeyLoader(f)
+            try:
+                params = loader.get_single_data()
+            finally:
+                loader.dispose()
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    validate(params)
+    problems = [f"{path}:{line}: {msg}" for line, msg in sorted(loader.duplicates)]
+    try:
+        validate(params)
+    except ParamsError as e:
+        problems += e.problems
+    if problems:
+        raise ParamsError(problems)
     return params
 
 
+# ----------------------------------------------------------------------------- checking
+
 def validate(params) -> None:
+    """Check every section and every profile block present; raise one ParamsError listing
+    all problems."""
     if not isinstance(params, dict):
         raise ParamsError("params.yaml: top level must be a mapping of sections")
+    problems = []
     for key in params:
         if key not in TOP_KEYS:
-            raise ParamsError(f"{key}: unknown section; allowed: {', '.join(TOP_KEYS)}")
+            problems.append(f"{key}: unknown section; allowed: {', '.join(TOP_KEYS)}")
+    profile = params.get("profile")
     if "profile" not in params:
-        raise ParamsError(f"profile: missing; allowed: {', '.join(PROFILES)}")
-    profile = params["profile"]
-    if profile not in PROFILES:
-        raise ParamsError(f"profile: got {profile!r}; allowed: {', '.join(PROFILES)}")
+        problems.append(f"profile: missing; allowed: {', '.join(PROFILES)}")
+    elif profile not in PROFILES:
+        problems.append(f"profile: got {profile!r}; allowed: {', '.join(PROFILES)}")
+        profile = None
     for name in STUDIES:
-        if name in params:
-            study_configs(name, params[name], profile)
+        if name not in params:
+            continue
+        section = params[name]
+        if not _mapping(problems, name, section, PROFILES):
+            continue
+        if profile is not None and profile not in section:
+            problems.append(_missing_profile(name, section, profile))
+        for p in PROFILES:
+            if p in section:
+                _profile_configs(problems, name, p, section[p])
+    if problems:
+        raise ParamsError(problems)
 
 
 def study_configs(name: str, section, profile: str = "cpu") -> list[TrainConfig]:
     """The validated configs of one study under one profile (what a notebook runs)."""
     if profile not in PROFILES:
         raise ParamsError(f"profile: got {profile!r}; allowed: {', '.join(PROFILES)}")
-    _mapping(name, section, PROFILES)
-    if profile not in section:
-        raise ParamsError(f"{name}.{profile}: missing; this study has no settings for profile "
-                          f"{profile!r} (has: {', '.join(section) or 'none'})")
+    problems = []
+    if _mapping(problems, name, section, PROFILES) and profile not in section:
+        problems.append(_missing_profile(name, section, profile))
+    if problems:
+        raise ParamsError(problems)
+    configs = _profile_configs(problems, name, profile, section[profile])
+    if problems:
+        raise ParamsError(problems)
+    return configs
+
+
+def _missing_profile(name, section, profile) -> str:
+    return (f"{name}.{profile}: missing; this study has no settings for profile {profile!r} "
+            f"(has: {', '.join(section) or 'none'})")
+
+
+def _profile_configs(problems: list, name: str, profile: str, spec) -> list[TrainConfig]:
+    """Append every problem of one study's profile block to ``problems``; its configs if none."""
     path = f"{name}.{profile}"
-    spec = section[profile]
-    _mapping(path, spec, SECTION_KEYS)
+    before = len(problems)
+    if not _mapping(problems, path, spec, SECTION_KEYS):
+        return []
     base = spec.get("base") or {}
     grid = spec.get("grid") or {}
     arms = spec.get("arms")
-    _mapping(f"{path}.base", base, None)
-    for k, v in base.items():
-        _field(f"{path}.base.{k}", k, v)
-    _mapping(f"{path}.grid", grid, None)
-    for k, values in grid.items():
-        _axis(f"{path}.grid.{k}", k, values)
+    bad = set()  # keys with a bad value somewhere in the block
+    if _mapping(problems, f"{path}.base", base, None):
+        for k, v in base.items():
+            if not _field(problems, f"{path}.base.{k}", k, v):
+                bad.add(k)
+    else:
+        base = {}
+    if _mapping(problems, f"{path}.grid", grid, None):
+        for k, values in grid.items():
+            if not _axis(problems, f"{path}.grid.{k}", k, values):
+                bad.add(k)
+    else:
+        grid = {}
+    good_arms = None
     if arms is not None:
         if not isinstance(arms, list) or not arms:
-            raise ParamsError(f"{path}.arms: got {arms!r}; allowed: a non-empty list of mappings")
-        for i, arm in enumerate(arms):
-            _mapping(f"{path}.arms[{i}]", arm, None)
-            for k, v in arm.items():
-                if isinstance(v, list):
-                    _axis(f"{path}.arms[{i}].{k}", k, v)
-                else:
-                    _field(f"{path}.arms[{i}].{k}", k, v)
+            problems.append(f"{path}.arms: got {arms!r}; allowed: a non-empty list of mappings")
+        else:
+            good_arms = []
+            for i, arm in enumerate(arms):
+                if not _mapping(problems, f"{path}.arms[{i}]", arm, None):
+                    continue
+                good_arms.append(arm)
+                for k, v in arm.items():
+                    ok = (_axis(problems, f"{path}.arms[{i}].{k}", k, v) if isinstance(v, list)
+                          else _field(problems, f"{path}.arms[{i}].{k}", k, v))
+                    if not ok:
+                        bad.add(k)
+    # Every run of the block as a whole: a combination of valid fields can still be impossible
+    # (n_train + n_val beyond the dataset), or lack what the study needs. Keys already reported
+    # are left out (their defaults stand in), and so are the problems that would involve them.
+    seen = set()
+    base = {k: v for k, v in base.items() if k not in bad}
+    grid = {k: v for k, v in grid.items() if k not in bad}
+    arms_ok = [{k: v for k, v in arm.items() if k not in bad} for arm in good_arms or []]
+    for kwargs in _combinations(base, grid, arms_ok or None):
+        msgs, skip = [], set(bad)
+        for key, (ok, allowed) in REQUIRED.get(name, {}).items():
+            value = kwargs.get(key, TrainConfig.__dataclass_fields__[key].default)
+            if key not in bad and not ok(value):
+                set_by = "" if key in kwargs else " (the default)"
+                msgs.append(f"{key}: got {value!r}{set_by}; allowed: {allowed}")
+        while True:  # TrainConfig names the first problem: drop its key and look for more
+            try:
+                TrainConfig(**kwargs)
+                break
+            except ValueError as e:
+                msg = str(e)
+                key = msg.split(":", 1)[0]
+                if not any(re.search(rf"\b{k}\b", msg) for k in skip):
+                    msgs.append(msg)
+                if key not in kwargs:
+                    break
+                skip.add(key)
+                kwargs = {k: v for k, v in kwargs.items() if k != key}
+        for msg in msgs:
+            if msg not in seen:
+                seen.add(msg)
+                problems.append(f"{path}: {msg}")
+    if len(problems) > before:
+        return []
     from .sweep import expand
-    try:
-        return expand(base, grid, arms)
-    except ValueError as e:  # a combination of fields (each valid alone) that is not
-        raise ParamsError(f"{path}: {e}") from None
+    return expand(base, grid, arms)
 
 
-def _mapping(path, value, allowed):
+def _combinations(base: dict, grid: dict, arms):
+    """The field values of every run of a block, merged as ``sweep.expand`` merges them: base,
+    then one value of each axis (grid and the arm's list values), then the arm's fixed values."""
+    for arm in arms or [{}]:
+        axes = {**grid, **{k: v for k, v in arm.items() if isinstance(v, list)}}
+        fixed = {k: v for k, v in arm.items() if not isinstance(v, list)}
+        for combo in itertools.product(*axes.values()):
+            yield {**base, **dict(zip(axes, combo)), **fixed}
+
+
+def _mapping(problems, path, value, allowed) -> bool:
+    """Is ``value`` a mapping (with keys in ``allowed`` if given)? Problems are appended."""
     if not isinstance(value, dict):
-        raise ParamsError(f"{path}: got {value!r}; allowed: a mapping"
-                          + (f" with keys {', '.join(allowed)}" if allowed else ""))
+        problems.append(f"{path}: got {value!r}; allowed: a mapping"
+                        + (f" with keys {', '.join(allowed)}" if allowed else ""))
+        return False
+    ok = True
     if allowed:
         for k in value:
             if k not in allowed:
-                raise ParamsError(f"{path}.{k}: unknown key; allowed: {', '.join(allowed)}")
+                problems.append(f"{path}.{k}: unknown key; allowed: {', '.join(allowed)}")
+                ok = False
+    return ok
 
 
-def _field(path, key, value):
+def _field(problems, path, key, value) -> bool:
     try:
         check_field(key, value)
     except ValueError as e:
         msg = str(e).split(": ", 1)[1]
-        raise ParamsError(f"{path}: {msg}") from None
+        problems.append(f"{path}: {msg}{_yaml_hint(key, value)}")
+        return False
+    return True
 
 
-def _axis(path, key, values):
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml_hint(key, value) -> str:
+    """Why a number came out of YAML as a string, and how to write it: YAML 1.1 (PyYAML) reads
+    ``1e-3`` as a string (its floats need a dot, and a signed exponent)."""
+    if not isinstance(value, str) or FIELD_TYPES.get(key) not in ("int", "float"):
+        return ""
+    text = value.strip()
+    if not _FLOAT_TEXT.fullmatch(text) or not math.isfinite(float(text)):
+        return ""
+    if not isinstance(yaml.safe_load(text), str):  # YAML reads it unquoted as a number
+        return f" (a quoted number: write {text} without quotes)"
+    number = float(text)
+    if FIELD_TYPES[key] == "int":
+        if number != int(number):
+            return ""
+        fix = str(int(number))
+    else:
+        mantissa, _, exponent = text.lower().partition("e")
+        if "." not in mantissa:
+            mantissa += ".0"
+        if exponent and exponent[0] not in "+-":
+            exponent = "+" + exponent
+        fix = mantissa + ("e" + exponent if exponent else "")
+        if mantissa.startswith("."):
+            fix = "0" + fix
+        if yaml.safe_load(fix) != number:
+            fix = repr(number)
+    return f" (YAML reads {text} as a string: write {fix})"
+
+
+def _axis(problems, path, key, values) -> bool:
     if not isinstance(values, list) or not values:
-        raise ParamsError(f"{path}: got {values!r}; allowed: a non-empty list of values")
-    seen = []
+        problems.append(f"{path}: got {values!r}; allowed: a non-empty list of values")
+        return False
+    ok, seen = True, []
     for i, v in enumerate(values):
-        _field(f"{path}[{i}]", key, v)
+        if not _field(problems, f"{path}[{i}]", key, v):
+            ok = False
+            continue
         if v in seen:
-            raise ParamsError(f"{path}[{i}]: got {v!r} twice; allowed: each value once")
+            problems.append(f"{path}[{i}]: got {v!r} twice; allowed: each value once")
+            ok = False
         seen.append(v)
+    return ok

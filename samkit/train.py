@@ -119,9 +119,9 @@ _DEFAULT_ETA = 0.01  # TrainConfig.eta's default
 _CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE}
 _POSITIVE = ("width", "depth", "lr", "batch_size", "epochs", "eval_every")
-_NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "momentum", "weight_decay", "seed",
+_NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "weight_decay", "seed",
                  "hessian_samples", "prune_to_width")
-_UNIT = ("label_noise", "sparsity")  # rates in [0, 1)
+_UNIT = ("label_noise", "sparsity", "momentum")  # in [0, 1) (momentum 1 never forgets)
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 
@@ -133,6 +133,8 @@ def check_field(name: str, v) -> None:
     want = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
     if (isinstance(v, bool) and kind != "bool") or not isinstance(v, want):
         raise ValueError(f"{name}: got {v!r} ({type(v).__name__}); allowed: {_a(kind)}")
+    if kind == "float" and not math.isfinite(v):  # inf passes "> 0"; every run would diverge
+        raise ValueError(f"{name}: got {v!r}; allowed: a finite number")
     if name in _CHOICES and v not in _CHOICES[name]:
         raise ValueError(f"{name}: got {v!r}; allowed: {', '.join(_CHOICES[name])}")
     if name in _POSITIVE and not v > 0:
@@ -184,6 +186,25 @@ def validate_config(cfg) -> None:
     if cfg.prune_to_width and cfg.prune_to_width >= cfg.width:
         raise ValueError(f"prune_to_width: got {cfg.prune_to_width} for width {cfg.width}; "
                          "allowed: a width smaller than the model's")
+    # Subsets the dataset can give: caught here, before any data is loaded, rather than inside
+    # a notebook's kernel (n_train) or silently ignored (an n_test above the test set's size
+    # used to mean the whole test set).
+    available, n_test_max = data_mod.split_sizes(cfg.dataset, cfg.n_train or None)
+    where = f"the {cfg.dataset} training set"
+    if available is not None and cfg.dataset != "toy1d":  # toy1d: checked above
+        if cfg.n_train and cfg.n_train + cfg.n_val > available:
+            if cfg.n_val:
+                raise ValueError(f"n_train: got {cfg.n_train} with n_val {cfg.n_val}; allowed: "
+                                 f"n_train + n_val <= {available} ({where})")
+            raise ValueError(f"n_train: got {cfg.n_train}; allowed: at most {available} "
+                             f"({where}), or 0 for all of it")
+        if not cfg.n_train and cfg.n_val >= available:
+            raise ValueError(f"n_val: got {cfg.n_val} with n_train 0 (all the rest); allowed: "
+                             f"n_val < {available} ({where})")
+    if cfg.n_test > n_test_max:
+        raise ValueError(f"n_test: got {cfg.n_test}; allowed: at most {n_test_max} (the "
+                         f"{cfg.dataset} test set), or 0 for all of it")
+
 
 # ----------------------------------------------------------------------------- building blocks
 
@@ -484,7 +505,7 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if progress is not None:
             progress.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3g}",
-                                 acc=f"{history[-1].get('test_acc', float('nan')):.3f}")
+                                 test_acc=f"{history[-1].get('test_acc', float('nan')):.3f}")
         if checkpoint:
             save_checkpoint(checkpoint, {
                 "config": cfg.key_dict(), "epoch": epoch + 1, "status": status,

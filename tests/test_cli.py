@@ -50,3 +50,48 @@ def test_book_copy_drops_the_defaults_cell_and_keeps_the_injected_values(tmp_pat
     _hide_default_parameters(path)
     tags = [c.metadata.get("tags", []) for c in nbformat.read(path, as_version=4).cells]
     assert tags == [["parameters", "remove-cell"], ["injected-parameters"], []]
+
+
+def test_values_that_would_waste_or_wreck_a_run_are_refused_before_any_work():
+    cases = {  # flags -> what the one error line must say
+        ("--lr", "inf"): "lr: got inf; allowed: a finite number",
+        ("--weight-decay", "nan"): "weight_decay: got nan; allowed: a finite number",
+        ("--momentum", "1.5"): "momentum: got 1.5; allowed: a number in [0, 1)",
+        ("--n-train", "100000"): "n_train: got 100000; allowed: at most 60000 (the "
+                                 "fashion_mnist training set), or 0 for all of it",
+        ("--n-train", "59000", "--n-val", "5000"):
+            "n_train: got 59000 with n_val 5000; allowed: n_train + n_val <= 60000",
+        ("--n-test", "50000"): "n_test: got 50000; allowed: at most 10000 (the fashion_mnist "
+                               "test set), or 0 for all of it",
+        # synthetic: a test set of n_train // 4 points; more used to mean all of them, silently
+        ("--dataset", "synthetic", "--model", "mlp", "--n-train", "64", "--n-test", "100"):
+            "n_test: got 100; allowed: at most 16 (the synthetic test set)",
+    }
+    for flags, message in cases.items():
+        r = samkit("train", *flags, "--epochs", "1", "--quiet", "--device", "cpu",
+                   "--data-root", "/nonexistent")
+        assert r.returncode == 2 and r.stdout == "", (flags, r.stderr[-500:])
+        assert message in r.stderr.splitlines()[-1], (flags, r.stderr)
+
+
+def test_early_stopping_follows_the_validation_split():
+    tiny = ("--dataset", "synthetic", "--model", "mlp", "--width", "4", "--n-train", "32",
+            "--epochs", "1", "--quiet", "--device", "cpu")
+    # asked for without a validation split: it would silently report the last epoch
+    r = samkit("train", *tiny, "--early-stopping")
+    assert r.returncode == 2 and r.stdout == ""
+    assert ("early_stopping: got --early-stopping with n_val 0; allowed: --n-val N (N > 0) to "
+            "early-stop on a validation split, or --no-early-stopping") in r.stderr
+    # not asked for: on with a validation split, off without, and the result says which
+    for extra, expected in (((), False), (("--n-val", "16"), True),
+                            (("--n-val", "16", "--no-early-stopping"), False)):
+        r = samkit("train", *tiny, *extra)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["config"]["early_stopping"] is expected, extra
+
+
+def test_progress_bar_names_the_test_accuracy(fmnist_root):
+    r = samkit("train", "--dataset", "fashion_mnist", "--model", "mlp", "--width", "8",
+               "--n-train", "100", "--n-test", "100", "--epochs", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "test_acc=" in r.stderr and " acc=" not in r.stderr and ",acc=" not in r.stderr

@@ -69,10 +69,43 @@ BAD = [  # (edit, substring the message must contain)
     (edited(W + ["base", "n_train"], -5), "width.cpu.base.n_train: got -5; allowed: an int >= 0"),
     (edited(["hessian", "cpu", "base", "loss"], "hinge"),
      "hessian.cpu.base.loss: got 'hinge'; allowed: auto, ce, mse"),
+    # subsets larger than the dataset: caught here, not inside the notebook's kernel
+    (edited(W + ["base", "n_train"], 100000),
+     "width.cpu: n_train: got 100000 with n_val 5000; allowed: n_train + n_val <= 60000 "
+     "(the fashion_mnist training set)"),
+    (edited(["hessian", "cpu", "base", "n_train"], 70000),
+     "hessian.cpu: n_train: got 70000; allowed: at most 60000 (the fashion_mnist training "
+     "set), or 0 for all of it"),
+    (edited(W + ["base", "n_test"], 50000),  # used to mean the whole 10k test set, silently
+     "width.cpu: n_test: got 50000; allowed: at most 10000 (the fashion_mnist test set)"),
+    # what a study needs of its runs
+    (edited(["hessian", "cpu", "base", "hessian_samples"], 0),
+     "hessian.cpu: hessian_samples: got 0; allowed: an int > 0"),
+    (edited(["hessian", "cpu", "base", "hessian_samples"], None, delete=True),
+     "hessian.cpu: hessian_samples: got 0 (the default); allowed: an int > 0"),
+    (edited(["simplicity", "cpu", "base", "dataset"], "synthetic"),
+     "simplicity.cpu: dataset: got 'synthetic'; allowed: toy1d"),
+    # non-finite numbers pass "> 0" and ">= 0"
+    (edited(W + ["base", "lr"], float("inf")), "width.cpu.base.lr: got inf; allowed: a finite number"),
+    (edited(W + ["base", "weight_decay"], float("inf")),
+     "width.cpu.base.weight_decay: got inf; allowed: a finite number"),
+    (edited(["rho", "cpu", "grid", "rho"], [0.05, float("nan")]),
+     "rho.cpu.grid.rho[1]: got nan; allowed: a finite number"),
+    (edited(W + ["base", "momentum"], 1.5), "width.cpu.base.momentum: got 1.5; allowed: a number in [0, 1)"),
+    (edited(W + ["base", "momentum"], 1.0), "width.cpu.base.momentum: got 1.0; allowed: a number in [0, 1)"),
+    # every profile block is checked, not only the active one (cpu)
+    (edited(["width", "gpu", "base", "lr"], -1), "width.gpu.base.lr: got -1; allowed: a number > 0"),
+    (edited(["noise", "quick", "grid", "label_noise"], [0.0, 1.2]),
+     "noise.quick.grid.label_noise[1]: got 1.2; allowed: a number in [0, 1)"),
+    (edited(["datasize", "gpu", "grid", "n_train"], [5000, 60000]),
+     "datasize.gpu: n_train: got 60000 with n_val 5000; allowed: n_train + n_val <= 60000"),
+    (edited(["hessian", "quick", "base", "hessian_samples"], 0),
+     "hessian.quick: hessian_samples: got 0; allowed: an int > 0"),
 ]
 
 
-def test_shipped_params_are_valid_in_both_profiles():
+def test_shipped_params_are_valid_in_every_profile():
+    params.load(os.path.join(REPO, "params.yaml"))  # its merge keys (<<:) are no duplicates
     params.validate(GOOD)
     for profile in params.PROFILES:
         for study in params.STUDIES:
@@ -98,8 +131,128 @@ def test_validate_cli_reports_and_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "samkit", "validate", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"error: {BAD[3][1]}"]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {BAD[3][1]}"), lines
     bad.write_text("width: [unclosed")
     r = subprocess.run([sys.executable, "-m", "samkit", "validate", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not valid YAML" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the file's text
+
+TEXT = open(os.path.join(REPO, "params.yaml")).read()
+
+
+def text_edited(old, new, count=1):
+    """params.yaml's text with the ``count``-th occurrence of ``old`` replaced by ``new``."""
+    at = -1
+    for _ in range(count):
+        at = TEXT.index(old, at + 1)
+    return TEXT[:at] + new + TEXT[at + len(old):]
+
+
+def line_of(text, needle, count=1):
+    """The line number of the ``count``-th occurrence of ``needle`` (a section: "\\nwidth:")."""
+    at = -1
+    for _ in range(count):
+        at = text.index(needle, at + 1)
+    return text.count("\n", 0, at + needle.startswith("\n")) + 1
+
+
+def problems(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(params.ParamsError) as e:
+        params.load(str(path))
+    return e.value.problems, str(path)
+
+
+def test_duplicate_key_in_a_mapping_is_refused(tmp_path):
+    # yaml.safe_load keeps the last of two keys silently: lr 0.1 would quietly become 0.5
+    text = text_edited("lr: 0.1, momentum: 0.9", "lr: 0.1, momentum: 0.9, lr: 0.5")
+    found, path = problems(tmp_path, text)
+    line = line_of(text, "lr: 0.1, momentum: 0.9, lr: 0.5")
+    assert found == [f"{path}:{line}: width.cpu.base.lr: duplicate key (first at line "
+                     f"{line}); allowed: each key once"]
+    # a key beside a merge key (<<: *anchor) overrides the merged one: no duplicate
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("profile: quick\nwidth:\n  quick:\n    base: &b {model: mlp, width: 8, "
+                      "lr: 0.1}\n    grid: {seed: [0]}\n  cpu:\n    base: {<<: *b, lr: 0.2}\n"
+                      "    grid: {seed: [0]}\n")
+    assert params.load(str(merged))["width"]["cpu"]["base"]["lr"] == 0.2
+
+
+def test_duplicate_key_on_its_own_line_and_in_a_list_item(tmp_path):
+    text = text_edited("    grid: {width: [5, 50, 500], optimizer: [sgd, sam], seed: [0, 1, 2]}",
+                       "    grid: {width: [5, 50, 500], optimizer: [sgd, sam], seed: [0, 1, 2]}"
+                       "\n    grid: {width: [5], optimizer: [sgd, sam], seed: [0]}")
+    text = text.replace("- {tag: SGD 1x, optimizer: sgd}",
+                        "- {tag: SGD 1x, optimizer: sgd, optimizer: sam}", 1)
+    found, path = problems(tmp_path, text)
+    first = line_of(text, "    grid: {width: [5, 50, 500], optimizer: [sgd, sam], seed: [0, 1, 2]}")
+    arm = line_of(text, "- {tag: SGD 1x, optimizer: sgd, optimizer: sam}")
+    assert found == [
+        f"{path}:{arm}: compute.quick.arms[0].optimizer: duplicate key (first at line {arm}); "
+        "allowed: each key once",
+        f"{path}:{first + 1}: simplicity.quick.grid: duplicate key (first at line {first}); "
+        "allowed: each key once"]
+
+
+def test_duplicate_section_is_refused(tmp_path):
+    text = TEXT + "\nwidth:\n  cpu:\n    base: {model: mlp}\n"
+    found, path = problems(tmp_path, text)
+    assert found == [f"{path}:{line_of(text, chr(10) + 'width:', 2)}: width: duplicate section "
+                     f"(first at line {line_of(text, chr(10) + 'width:')}); allowed: each "
+                     "section once"]
+
+
+@pytest.mark.parametrize("written, fix", [("1e-3", "1.0e-3"), ("5e-3", "5.0e-3"),
+                                          ("1E-2", "1.0e-2"), ("2.5e3", "2.5e+3")])
+def test_a_number_that_yaml_reads_as_a_string_says_how_to_write_it(tmp_path, written, fix):
+    # YAML 1.1 (PyYAML) reads 1e-3 as the string '1e-3' (its floats need a dot and a sign)
+    text = text_edited("lr: 0.005", f"lr: {written}", count=2)   # simplicity.cpu
+    found, _ = problems(tmp_path, text)
+    assert found == [f"simplicity.cpu.base.lr: got '{written}' (str); allowed: a number (YAML "
+                     f"reads {written} as a string: write {fix})"]
+    ok = tmp_path / "fixed.yaml"
+    ok.write_text(text_edited("lr: 0.005", f"lr: {fix}", count=2))
+    assert params.load(str(ok))["simplicity"]["cpu"]["base"]["lr"] == float(written)
+
+
+def test_an_int_field_written_in_e_notation(tmp_path):
+    text = text_edited("epochs: 20000", "epochs: 2e4", count=2)   # simplicity.cpu
+    found, _ = problems(tmp_path, text)
+    assert found == ["simplicity.cpu.base.epochs: got '2e4' (str); allowed: an int (YAML reads "
+                     "2e4 as a string: write 20000)"]
+
+
+def test_validate_reports_every_problem_of_every_profile_at_once(tmp_path):
+    text = text_edited("lr: 0.1, momentum: 0.9", "lr: .inf, momentum: 1.5")     # width.cpu
+    text = text.replace("hessian_samples: 16}", "hessian_samples: 0}", 1)          # quick
+    text = text.replace("n_train: [5000, 20000, 55000]", "n_train: [5000, 20000, 100000]", 1)
+    text = text.replace("weight_decay: 0.0005, batch_size: 128, epochs: 15",      # width.quick
+                        "weight_decay: 5e-4, batch_size: 128, epochs: 15", 1)
+    text += "\nrho:\n  cpu: {}\n"                                                # duplicate
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "samkit", "validate", str(bad)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    expected = [
+        f"{bad}:{line_of(text, chr(10) + 'rho:', 2)}: rho: duplicate section",
+        "width.quick.base.weight_decay: got '5e-4' (str); allowed: a number (YAML reads 5e-4 "
+        "as a string: write 5.0e-4)",
+        "width.cpu.base.lr: got inf; allowed: a finite number",
+        "width.cpu.base.momentum: got 1.5; allowed: a number in [0, 1)",
+        "hessian.quick: hessian_samples: got 0; allowed: an int > 0",
+        "datasize.gpu: n_train: got 100000 with n_val 5000; allowed: n_train + n_val <= 60000",
+    ]
+    assert len(lines) >= len(expected), r.stderr
+    for want in expected:
+        assert [ln for ln in lines if ln.startswith("error: ") and want in ln], (want, lines)
+    assert all(ln.startswith("error: ") for ln in lines)
+    # the anchor &small (width.quick.base) is merged into other quick studies: its bad value
+    # shows there too, each place once
+    assert len(lines) == len(set(lines))

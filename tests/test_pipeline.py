@@ -182,3 +182,14 @@ def test_browser_renders_figures(built_book, tmp_path, page):
     # a figure's pixels: many distinct non-grey colours (lines, markers), not just text
     chromatic = sum(n for n, (r, g, b) in colors if max(r, g, b) - min(r, g, b) > 60)
     assert chromatic > 2000, "no coloured figure rendered"
+
+
+def test_dvc_plots_page_renders_offline(tmp_path):
+    """The page `dvc plots show` writes loads nothing from the network (the Vega libraries are
+    inlined by the template in .dvc/plots/), so it renders on an offline machine."""
+    r = subprocess.run([os.path.join(BIN, "dvc"), "plots", "show", "-o", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "index.html").read_text()
+    assert "vegaEmbed(" in html and "<script src=" not in html.replace(" ", "")
+    assert "cdn.jsdelivr" not in html and "http://" not in html.split("<body>")[1][:200]
