@@ -34,7 +34,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from samkit import plots, results, sweep  # noqa: E402
+from samkit import plots, results, stats, sweep  # noqa: E402
 from samkit import data as D  # noqa: E402
 from samkit.train import TrainConfig  # noqa: E402
 
@@ -558,14 +558,15 @@ def test_divergence_is_recorded_kept_in_tables_and_marked_on_the_figure(tmp_path
     again = sweep.run(configs, cache=cache, progress=False)   # diverged runs are cached too
     assert again["cached"].all() and (again["status"] == runs["status"]).all()
 
-    gain = sweep.paired_gain(runs, by=["width"], metric="best_test_loss")
+    gain = stats.paired(runs, "best_test_loss", {"optimizer": "sam"}, {"optimizer": "sgd"},
+                        by=["width"])
     g = gain.set_index("width")
     assert list(g.index) == [8, 16, 32]   # the all-diverged width is kept, not dropped
     assert g.loc[8, ["n", "diverged"]].tolist() == [2, 0]
     assert g.loc[16, ["n", "diverged"]].tolist() == [1, 1]
     assert g.loc[32, ["n", "diverged"]].tolist() == [0, 2]
-    assert g.loc[32, "gain"] != g.loc[32, "gain"]   # NaN, not a number made of nothing
-    summary = sweep.summarize(runs, by=["optimizer", "width"], metric="best_test_loss")
+    assert g.loc[32, "estimate"] != g.loc[32, "estimate"]  # NaN, not a number made of nothing
+    summary = stats.levels(runs, by=["optimizer", "width"], metric="best_test_loss")
     s = summary.set_index(["optimizer", "width"])
     assert s.loc[("sam", 16), ["n", "diverged"]].tolist() == [1, 1]
     assert s.loc[("sam", 32), ["n", "diverged"]].tolist() == [0, 2]
@@ -580,7 +581,7 @@ def test_divergence_is_recorded_kept_in_tables_and_marked_on_the_figure(tmp_path
         sorted(runs.loc[runs["status"] == "diverged", "diverged_epoch"])
     assert tables["gain"]["diverged"].tolist() == [0, 1, 2]
 
-    fig = plots.gain_vs(gain, x="width", meta=meta, logx=False)
+    fig = plots.effect_vs(gain, "width", meta)
     try:
         texts = [t.get_text() for t in fig.axes[0].texts]
         assert "1 diverged" in texts and "2 diverged" in texts
