@@ -42,6 +42,15 @@ ADVICE = {
         "contradicts": "The blog's protocol does not hold at this scale: SAM with half the "
                        "epochs − SGD = {shown}.",
         "cannot tell": "The blog's protocol is not settled at this scale ({shown})."},
+    ("frontier", "wide_noisy.sam_k5_vs_sam"): {
+        "supports": "Cheaper SAM has a price: the ascent on one step in 5 (1.2× SGD's "
+                    "gradient evaluations instead of SAM's 2×) loses {shown} against SAM on "
+                    "the widest model with noisy labels.",
+        "contradicts": "Save SAM's cost: its ascent on one step in 5 (1.2× SGD's gradient "
+                       "evaluations instead of 2×) keeps SAM's accuracy on the widest model "
+                       "with noisy labels ({shown} against SAM).",
+        "cannot tell": "Whether SAM's ascent on one step in 5 gives up accuracy against SAM "
+                       "is unresolved ({shown}, widest model, noisy labels)."},
 }
 
 

@@ -25,7 +25,7 @@ from .train import FIELD_TYPES, TrainConfig, check_field
 
 PROFILES = ("quick", "cpu", "gpu")
 STUDIES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
-           "hessian", "simplicity", "datasize")
+           "hessian", "simplicity", "datasize", "frontier")
 TOP_KEYS = ("profile", *STUDIES)
 SECTION_KEYS = ("base", "grid", "arms")
 

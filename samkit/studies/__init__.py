@@ -19,7 +19,7 @@ import pandas as pd
 from .. import fmt, stats
 
 MODULES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
-           "hessian", "simplicity", "datasize")
+           "hessian", "simplicity", "datasize", "frontier")
 
 
 @dataclass

@@ -1,0 +1,357 @@
+"""What does SAM cost? Cheaper SAM variants and the equal-compute frontier.
+
+Every method is placed by what it costs, its gradient evaluations (forward+backward passes,
+counted by the trainer; derived exactly from the config for runs stored before it counted),
+and what it gives, test accuracy. Methods: SGD at 1x, 1.5x and 2x the epochs; SAM (two passes
+per step); SAM's ascent on one step in k (``sam_interval``; Composer's SAM); LookSAM (Liu et
+al., CVPR 2022); Momentum-SAM (Becker et al., 2023). A method is named from its config, not
+its tag, so runs shared with other studies (under their tags) are recognised.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import fmt, stats
+from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
+
+NAME = "frontier"
+TITLE = "What does SAM cost? Cheaper SAM variants and the equal-compute frontier"
+QUESTION = ("Per gradient evaluation, which of SGD with more epochs, SAM and its cheaper "
+            "variants gives the best test accuracy?")
+METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
+EVALS = "grad_evals"      # forward+backward passes of the training steps
+TIME = "train_seconds"    # training only: no data loading, evaluation or checkpoints
+CELL = ["width", "label_noise"]
+# The methods the claims compare (names as ``method_name`` gives them).
+SGD_1X, SGD_2X, SAM, SAM_K5 = "SGD 1×", "SGD 2×", "SAM", "SAM every 5"
+LOOKSAM, MSAM = "LookSAM (k 5)", "Momentum-SAM"
+REFERENCES = (SAM, SGD_2X)  # every method's seed-paired difference to these two
+# Smallest effect worth having: 0.3 pp, as in the other studies (the paper's smallest reported
+# gains are 0.2-2 pp; 3 test images in 1,000).
+DELTA = 0.003
+DELTA_REASON = "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"
+SOURCES = {"sam_vs_sgd2x": "Shin et al. App. E.4; Foret et al. (two passes per step)",
+           "sam_k5_vs_sam": "MosaicML Composer's SAM (interval); Liu et al. 2022 (Sec. 3)",
+           "looksam_vs_sam_k5": "Liu et al., CVPR 2022 (LookSAM)",
+           "msam_vs_sgd": "Becker et al. 2023 (Momentum-SAM)"}
+# The page quotes the final training accuracy range, which regime() leaves out when no run
+# finished: "n/a" unless regime() fills it in.
+NO_FINISHED_RUN = {"final_train_acc_min": "n/a", "final_train_acc_max": "n/a"}
+TABLE_COLUMNS = [*CELL, "method", "optimizer", "grad_evals", "budget", "train_seconds",
+                 "time_ratio", "acc", "acc_low", "acc_high", "n", "diverged",
+                 *[f"vs_{r}{s}" for r in ("sam", "sgd2x") for s in ("", "_low", "_high", "_n")],
+                 "frontier"]
+
+
+def method_name(optimizer: str, interval, epochs, base_epochs, alpha=None) -> str:
+    """'SGD 2×', 'SAM', 'SAM every 5', 'ASAM every 2', 'LookSAM (k 5)', 'Momentum-SAM', with
+    ' 1.5×' appended to a SAM-family method trained for other than the base epochs."""
+    k = 1 if interval is None or pd.isna(interval) else int(interval)
+    scale = f"{epochs / base_epochs:g}×"
+    if optimizer == "sgd":
+        return f"SGD {scale}"
+    if optimizer in ("sam", "asam"):
+        name = optimizer.upper() + (f" every {k}" if k > 1 else "")
+    elif optimizer == "looksam":
+        a = 0.7 if alpha is None or pd.isna(alpha) else float(alpha)
+        name = f"LookSAM (k {k}" + (f", α {a:g}" if a != 0.7 else "") + ")"
+    elif optimizer == "msam":
+        name = "Momentum-SAM"
+    else:
+        name = optimizer
+    return name if epochs == base_epochs else f"{name} {scale}"
+
+
+def with_methods(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with a ``method`` column. Runs stored before ``sam_interval`` and
+    ``looksam_alpha`` existed lack them (NaN): they held the defaults. The base epochs are the
+    fewest any run of the table trains for."""
+    runs = ensure_columns(runs, ("sam_interval", "looksam_alpha"))
+    base = runs["epochs"].min() if len(runs) else 1
+    names = [method_name(r.optimizer, r.sam_interval, r.epochs, base, r.looksam_alpha)
+             for r in runs[["optimizer", "sam_interval", "epochs", "looksam_alpha"]]
+             .itertuples()]
+    out = runs.assign(method=names)
+    dup = out.duplicated([*CELL, "method", "seed"])
+    if dup.any():
+        r = out[dup].iloc[0]
+        raise ValueError(f"frontier: two runs of method {r['method']!r} at width {r['width']}, "
+                         f"label noise {r['label_noise']}, seed {r['seed']} (e.g. two rho "
+                         "values); allowed: one run per method, cell and seed")
+    return out
+
+
+def analyze(runs: pd.DataFrame) -> Analysis:
+    runs = with_methods(ensure_columns(runs, (METRIC, EVALS, TIME)))
+    paired = pd.concat(
+        [paired_table(runs, METRIC, {"method": m}, {"method": ref}, by=CELL)
+         .assign(method=m, reference=ref)
+         for ref in REFERENCES for m in sorted(runs["method"].unique()) if m != ref]
+        or [pd.DataFrame(columns=[*CELL, "method", "reference"])], ignore_index=True)
+    table = methods_table(runs, paired)
+    claims, facts = [], {**NO_FINISHED_RUN, "status": status_line(runs),
+                         "delta_shown": f"{100 * DELTA:.2f} pp"}
+    cells = cell_names(runs)
+    for (w, p), cell in cells.items():
+        t = table[(table["width"] == w) & (table["label_noise"] == p)]
+        claims += _cell_claims(runs, cell, w, p)
+        facts[cell] = _cell_facts(t, w, p)
+    facts["frontier_each"] = "; ".join(
+        f"width {w}, noise {_pct(p)}: {facts[c]['frontier']}" for (w, p), c in cells.items())
+    facts["cheapest_each"] = "; ".join(
+        f"width {w}, noise {_pct(p)}: {facts[c]['cheapest_within_delta']}"
+        for (w, p), c in cells.items())
+    facts["cells"] = ", ".join(cells.values())
+    facts["cost"] = cost_line(table)
+    return Analysis({"methods": table, "paired": paired}, claims, facts)
+
+
+def cell_names(runs: pd.DataFrame) -> dict:
+    """{(width, label noise): name} for every cell, named by rank so that the claim ids (and
+    the front page's advice) do not depend on the profile's widths: narrow/wide (other widths:
+    w<width>) and clean (noise 0)/noisy (the highest noise; others: noise<percent>)."""
+    widths = sorted(runs["width"].unique())
+    noises = sorted(runs["label_noise"].unique())
+    out = {}
+    for w in widths:
+        wn = "wide" if w == widths[-1] else "narrow" if w == widths[0] else f"w{w}"
+        for p in noises:
+            pn = "clean" if p == 0 else "noisy" if p == noises[-1] else f"noise{100 * p:g}"
+            out[(w, p)] = f"{wn}_{pn}"
+    return out
+
+
+def _cell_claims(runs, cell, w, p) -> list[Claim]:
+    where = f"width {w}, label noise {_pct(p)}"
+    runs = runs[(runs["width"] == w) & (runs["label_noise"] == p)]
+
+    def effect(t, c):
+        return effect_at(paired_table(runs, METRIC, {"method": t}, {"method": c}, by=CELL),
+                         width=w, label_noise=p)
+    return [
+        Claim(f"{cell}.sam_vs_sgd2x", f"SAM beats SGD trained for twice the epochs, at equal "
+              f"gradient evaluations ({where})", SOURCES["sam_vs_sgd2x"],
+              effect(SAM, SGD_2X), DELTA, DELTA_REASON),
+        Claim(f"{cell}.sam_k5_vs_sam", "SAM's ascent on only one step in 5 (1.2× SGD's "
+              f"gradient evaluations instead of 2×) costs test accuracy against SAM ({where}); "
+              "'contradicts' means no loss worth having: the cheap SAM keeps SAM's accuracy "
+              "within ±0.3 pp or does better", SOURCES["sam_k5_vs_sam"],
+              effect(SAM_K5, SAM), DELTA, DELTA_REASON, direction=-1),
+        Claim(f"{cell}.looksam_vs_sam_k5", "LookSAM (k 5) beats SAM every 5 steps at the same "
+              f"gradient evaluations: reusing the last SAM gradient's orthogonal component pays "
+              f"({where})", SOURCES["looksam_vs_sam_k5"], effect(LOOKSAM, SAM_K5), DELTA,
+              DELTA_REASON),
+        Claim(f"{cell}.msam_vs_sgd", "Momentum-SAM beats SGD at the same gradient evaluations "
+              f"(one pass per step; {where})", SOURCES["msam_vs_sgd"], effect(MSAM, SGD_1X),
+              DELTA, DELTA_REASON),
+    ]
+
+
+def methods_table(runs: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """Per (width, label noise, method): mean gradient evaluations and their ratio to SGD 1×'s
+    (``budget``), mean training seconds and their ratio to SGD 1×'s, test accuracy (mean and
+    95% CI), finished and diverged runs, the seed-paired difference to SAM and to SGD 2× (with
+    CI and pairs), and whether the method is on the cell's Pareto frontier. Rows by cell, then
+    by gradient evaluations."""
+    rows = []
+    for (w, p), cell in runs.groupby(CELL, sort=True):
+        means = {}
+        for m, g in cell.groupby("method", sort=True):
+            ok = g[g["status"] == "ok"]
+            src = ok if len(ok) else g  # the planned budget when no run finished
+            acc = stats.mean_effect(ok[METRIC])
+            row = {"width": w, "label_noise": p, "method": m,
+                   "optimizer": g["optimizer"].iloc[0],
+                   "grad_evals": _mean(src[EVALS]), "train_seconds": _mean(ok[TIME]),
+                   "acc": acc.estimate, "acc_low": acc.low, "acc_high": acc.high,
+                   "n": len(ok), "diverged": len(g) - len(ok)}
+            for ref, col in ((SAM, "vs_sam"), (SGD_2X, "vs_sgd2x")):
+                e = (effect_at(paired[paired["reference"] == ref], width=w, label_noise=p,
+                               method=m) if m != ref and len(paired) else
+                     stats.NO_EFFECT)
+                row.update({col: e.estimate, f"{col}_low": e.low, f"{col}_high": e.high,
+                            f"{col}_n": e.n})
+            rows.append(row)
+            means[m] = row
+        base = means.get(SGD_1X) or min(means.values(), key=lambda r: _nan_last(r["grad_evals"]))
+        front = set(pareto([(r["method"], r["grad_evals"], r["acc"])
+                            for r in sorted(means.values(), key=_simplest_first)]))
+        for r in means.values():
+            r["budget"] = r["grad_evals"] / base["grad_evals"]
+            r["time_ratio"] = r["train_seconds"] / base["train_seconds"]
+            r["frontier"] = r["method"] in front
+    if not rows:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    table = pd.DataFrame(rows)[TABLE_COLUMNS]
+    return table.sort_values([*CELL, "grad_evals", "method"], ignore_index=True)
+
+
+def pareto(points) -> list[str]:
+    """Names of the (name, cost, value) points no other point beats: none costs at most as much
+    and gives at least as much, one of the two strictly. In order of cost; of points equal in
+    both, the first given. NaN is no point."""
+    pts = sorted((c, -v, i, n) for i, (n, c, v) in enumerate(points)
+                 if np.isfinite(c) and np.isfinite(v))
+    front, best = [], -np.inf
+    for c, neg_v, _, n in pts:  # cheapest first; at equal cost the best first
+        if -neg_v > best:
+            front.append(n)
+            best = -neg_v
+    return front
+
+
+def _simplest_first(r) -> tuple:
+    """Ties in cost and accuracy go to SGD, then the SAM family, by name."""
+    return (r["optimizer"] != "sgd", r["method"])
+
+
+def _cell_facts(t: pd.DataFrame, w, p) -> dict:
+    """The prose's numbers of one cell: its frontier from the cheapest method up, the cheapest
+    method within δ of the best mean accuracy, the best."""
+    ok = t[np.isfinite(t["acc"].astype(float))]
+    front = ok[ok["frontier"]].sort_values("grad_evals")
+    facts = {"width": int(w), "noise": _pct(p),
+             "frontier": " → ".join(_point(r) for _, r in front.iterrows()) or "n/a",
+             "frontier_budgets": _budgets(front),
+             "best": "n/a", "cheapest_within_delta": "n/a", "cheapest_method": "n/a"}
+    if len(ok):
+        best = ok.loc[ok["acc"].idxmax()]
+        near = ok[ok["acc"] >= best["acc"] - DELTA].assign(
+            _sgd=ok["optimizer"] != "sgd").sort_values(["grad_evals", "acc", "_sgd", "method"],
+                                                       ascending=[True, False, True, True])
+        cheap = near.iloc[0]
+        facts.update(best=_point(best), cheapest_within_delta=_point(cheap),
+                     cheapest_method=cheap["method"])
+    return facts
+
+
+def _budgets(front: pd.DataFrame) -> str:
+    """Which method the frontier offers at each budget: 'up to 1.2×: SAM every 5'."""
+    parts = []
+    for i, (_, r) in enumerate(front.iterrows()):
+        nxt = front.iloc[i + 1]["budget"] if i + 1 < len(front) else None
+        span = (f"from {r['budget']:.2f}× to below {nxt:.2f}×" if nxt is not None
+                else f"from {r['budget']:.2f}× up")
+        parts.append(f"{span}: {r['method']}")
+    return "; ".join(parts) or "n/a"
+
+
+def _point(r) -> str:
+    return f"{r['method']} ({_budget(r['budget'])}, {fmt.pct(float(r['acc']))})"
+
+
+def _budget(b) -> str:
+    return f"{b:.2f}× SGD's evaluations" if np.isfinite(b) else "n/a"
+
+
+def cost_line(table: pd.DataFrame) -> str:
+    """Per method, over all cells: mean gradient-evaluation budget and mean measured training
+    time, both relative to SGD 1× of the same cell."""
+    if table.empty:
+        return "n/a"
+    means = (table.groupby("method")[["budget", "time_ratio"]].mean().reset_index()
+             .sort_values(["budget", "time_ratio", "method"], na_position="last"))
+    return "; ".join(f"{r.method}: {r.budget:.2f}× the evaluations, "
+                     + (f"{r.time_ratio:.2f}× the training time" if np.isfinite(r.time_ratio)
+                        else "time n/a") for r in means.itertuples())
+
+
+def figure(table: pd.DataFrame, meta: dict | None):
+    """Test accuracy (mean, 95% CI) against gradient evaluations, one panel per (label noise,
+    width), every method a labelled point; the Pareto frontier as a step line."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from ..plots import stamp
+    widths = sorted(table["width"].unique()) or [None]
+    noises = sorted(table["label_noise"].unique()) or [None]
+    methods = list(dict.fromkeys(table.sort_values("grad_evals")["method"]))
+    colors = dict(zip(methods, sns.color_palette("tab10", n_colors=max(1, len(methods)))))
+    markers = {"sgd": "o", "sam": "s", "asam": "s", "looksam": "^", "msam": "D"}
+    fig, axes = plt.subplots(len(noises), len(widths), figsize=(5.2 * len(widths) + 0.6,
+                                                                  3.9 * len(noises) + 0.4),
+                             squeeze=False)
+    for i, p in enumerate(noises):
+        for j, w in enumerate(widths):
+            ax = axes[i][j]
+            t = table[(table["width"] == w) & (table["label_noise"] == p)]
+            ok = t[np.isfinite(t["acc"].astype(float))]
+            for _, r in ok.iterrows():
+                err = [[max(r["acc"] - r["acc_low"], 0) if np.isfinite(r["acc_low"]) else 0],
+                       [max(r["acc_high"] - r["acc"], 0) if np.isfinite(r["acc_high"]) else 0]]
+                ax.errorbar([r["grad_evals"] / 1e3], [100 * r["acc"]],
+                            yerr=100 * np.asarray(err), fmt=markers.get(r["optimizer"], "o"),
+                            color=colors[r["method"]], capsize=3, ms=7 if r["frontier"] else 5,
+                            markeredgecolor="black" if r["frontier"] else "none",
+                            label=r["method"])
+            front = ok[ok["frontier"].astype(bool)].sort_values("grad_evals")
+            if len(front):
+                x = list(front["grad_evals"] / 1e3) + [ok["grad_evals"].max() / 1e3]
+                y = list(100 * front["acc"]) + [100 * front["acc"].iloc[-1]]
+                ax.step(x, y, where="post", color="0.3", lw=1.2, ls="--", zorder=0,
+                        label="Pareto frontier")
+            for _, r in t[t["diverged"] > 0].iterrows():
+                ax.annotate(f"{int(r['diverged'])} diverged", (r["grad_evals"] / 1e3,
+                                                               ax.get_ylim()[0]),
+                            textcoords="offset points", xytext=(0, 3), fontsize=7,
+                            color="crimson", ha="center")
+            ax.set_title(f"width {w} · label noise {_pct(p) if p is not None else ''}",
+                         fontsize=10)
+            if i == len(noises) - 1:
+                ax.set_xlabel("gradient evaluations (thousands)")
+            if j == 0:
+                ax.set_ylabel("test accuracy (%)")
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    order = [m for m in methods if m in handles] + [k for k in handles if k not in methods]
+    if order:
+        fig.legend([handles[k] for k in order], order, loc="center left", fontsize=8,
+                   bbox_to_anchor=(0.995, 0.5), title="black edge: on the frontier",
+                   title_fontsize=7, frameon=False)
+    if meta is not None:
+        stamp(fig, meta)
+    fig.alt_text = ("Test accuracy against gradient evaluations for every method, one panel "
+                    "per width and label-noise rate, with 95% CIs and the Pareto frontier "
+                    "drawn as a dashed step line")
+    return fig
+
+
+def display_table(table: pd.DataFrame):
+    """The methods table as the page shows it: percentages, CIs, budgets."""
+    rows = []
+    for _, r in table.iterrows():
+        rows.append({
+            "width": int(r["width"]), "label noise": _pct(r["label_noise"]),
+            "method": r["method"] + (" ★" if r["frontier"] else ""),
+            "grad. evals": f"{r['grad_evals']:,.0f}" if np.isfinite(r["grad_evals"]) else "n/a",
+            "× SGD 1×": f"{r['budget']:.2f}" if np.isfinite(r["budget"]) else "n/a",
+            "train s": f"{r['train_seconds']:.0f}" if np.isfinite(r["train_seconds"]) else "n/a",
+            "test acc (%) [95% CI]": _acc(r),
+            "− SAM [95% CI]": fmt.pp(r["vs_sam"], r["vs_sam_low"], r["vs_sam_high"]),
+            "− SGD 2× [95% CI]": fmt.pp(r["vs_sgd2x"], r["vs_sgd2x_low"], r["vs_sgd2x_high"]),
+            "finished": int(r["n"]), "diverged": int(r["diverged"])})
+    return pd.DataFrame(rows).style.hide(axis="index")
+
+
+def _acc(r) -> str:
+    if not np.isfinite(r["acc"]):
+        return "n/a"
+    s = f"{100 * r['acc']:.2f}"
+    if np.isfinite(r["acc_low"]) and np.isfinite(r["acc_high"]):
+        s += f" [{100 * r['acc_low']:.2f}, {100 * r['acc_high']:.2f}]"
+    return s
+
+
+def _mean(s: pd.Series) -> float:
+    v = pd.to_numeric(s, errors="coerce").astype(float)
+    return float(v.mean()) if v.notna().any() else float("nan")
+
+
+def _nan_last(x) -> float:
+    return x if np.isfinite(x) else np.inf
+
+
+def _pct(p) -> str:
+    return f"{100 * p:g}%"
