@@ -1,4 +1,5 @@
-"""Time one training step of SGD, samkit's SAM and a reference SAM, side by side.
+"""Time one training step of SGD, samkit's SAM, a reference SAM and SAM's cheaper variants,
+side by side.
 
 For every (model, batch, mode) the three variants run in the same process on identical copies of
 one model and one synthetic batch (Fashion-MNIST shaped, 1x28x28, 10 classes, data already on the
@@ -12,6 +13,23 @@ device, so the optimizer step is timed, not a data loader):
            from per-parameter ``.norm().item()`` (a host sync per parameter), e_w stored per
            parameter, restore by ``p.sub_(e_w)``, and BN momentum set to 0 on the second pass
            (as davda54/sam and most copies of it do).
+  sam_k2, sam_k5, sam_k10
+           samkit.SAM(interval=k): the ascent and the second pass on one step in k, a plain
+           SGD step (one pass) on the others: 1 + 1/k passes per step.
+  looksam_k5
+           samkit.LookSAM(k=5): a SAM step every 5th step, the others one pass plus the reused
+           component: 1.2 passes per step.
+  msam     samkit.MomentumSAM: to w - rho*v/|v| before the only pass, back, SGD step: 1 pass.
+
+A variant whose steps differ (sam_k*, looksam_k5) is timed over whole cycles: every timed block
+holds the least common multiple of ``--block`` and the cycles (k) of the variants run, for EVERY
+variant (10 steps with the default variants), so a cycle variant's block has the same share of
+SAM steps each time (a median over single steps would be a plain step's), and every variant runs
+as many steps in a row between the others (the same cache warmth: with blocks of one step, SGD
+ran each step on caches the other variants had just filled, and came out slower than SAM every
+10). The time per step is the block's time over its steps.
+In ``graph`` mode the new variants' optimizer calls stay eager (their step counter decides the
+pass count in Python); only their model forward+backward is compiled.
 
 The variants are interleaved: after a warm-up, each repetition times one block of steps of each
 variant, the order rotating every repetition, so drift (thermal, other load) hits all alike. The
@@ -25,6 +43,7 @@ reported time is the median over repetitions. Modes:
            SAM's optimizer stays eager (its .item() calls force host syncs). CUDA only.
 
 Run ``python benchmarks/step_time.py --help``; results go to results/bench/step_time_<device>.json.
+``ratios_to_sgd`` in each result holds every variant's median step time over SGD's.
 """
 from __future__ import annotations
 
@@ -34,6 +53,7 @@ import copy
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -49,7 +69,7 @@ from torch import nn
 
 from samkit.bn import bn_frozen
 from samkit.models import MLP, PreActResNet18, count_params
-from samkit.sam import SAM
+from samkit.sam import SAM, LookSAM, MomentumSAM
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "samkit.bench.step_time/1"
@@ -57,7 +77,11 @@ SCHEMA = "samkit.bench.step_time/1"
 # Hyperparameters of every timed step (they do not change the work done, only the numbers).
 LR, MOMENTUM, WEIGHT_DECAY, RHO = 0.01, 0.9, 5e-4, 0.05
 IN_SHAPE, NUM_CLASSES = (1, 28, 28), 10  # Fashion-MNIST
-VARIANTS = ("sgd", "sam", "ref_sam")
+VARIANTS = ("sgd", "sam", "ref_sam", "sam_k2", "sam_k5", "sam_k10", "looksam_k5", "msam")
+# Steps per cycle (a timed block holds whole cycles) and forward+backward passes per step.
+CYCLE = {"sam_k2": 2, "sam_k5": 5, "sam_k10": 10, "looksam_k5": 5}
+PASSES_PER_STEP = {"sgd": 1.0, "sam": 2.0, "ref_sam": 2.0, "sam_k2": 1.5, "sam_k5": 1.2,
+                   "sam_k10": 1.1, "looksam_k5": 1.2, "msam": 1.0}
 MODES = {
     "fp32": "eager float32",
     "bf16-cl": "eager, bf16 autocast + channels_last",
@@ -69,12 +93,13 @@ CUDA_ONLY_MODES = ("graph",)
 MODEL_FORMS = "mlp-<width> (784 -> width -> 10) or preact18-<width> (PreActResNet18)"
 
 # Defaults per device. On CPU (2 cores here) a PreActResNet18 of width 64 trains at ~55 img/s,
-# so the CPU default stays at widths 8 and 16 and adds the MLP at batch 512 only.
+# so the CPU default stays at widths 8 and 16 and adds the MLP at batch 512 only. A repetition
+# is a block of 10 steps with the default variants (sam_k10's cycle), hence fewer repetitions.
 DEFAULTS = {
     "cpu": dict(models=["mlp-1024", "preact18-8", "preact18-16"], batches=[128],
-                extra=[("mlp-1024", 512)], modes=["fp32"], steps=40, warmup=5, block=1),
+                extra=[("mlp-1024", 512)], modes=["fp32"], steps=20, warmup=2, block=1),
     "cuda": dict(models=["mlp-1024", "preact18-16", "preact18-64"], batches=[128, 512],
-                 extra=[], modes=["fp32", "bf16-cl", "graph"], steps=50, warmup=10, block=5),
+                 extra=[], modes=["fp32", "bf16-cl", "graph"], steps=30, warmup=3, block=5),
 }
 QUICK = dict(models=["mlp-32", "preact18-2"], batches=[8], extra=[], modes=["fp32"], steps=3,
              warmup=1, block=1)
@@ -196,6 +221,25 @@ def make_step(variant: str, model: nn.Module, x, y, mode: str = "fp32"):
                 forward_backward()
             second()
             opt.zero_grad(set_to_none=True)
+    elif variant in CYCLE:  # sam_k<k>, looksam_k<k>: the second pass only when asked for
+        k = CYCLE[variant]
+        opt = (LookSAM(params, torch.optim.SGD, rho=RHO, k=k, **_sgd_kwargs())
+               if variant.startswith("looksam") else
+               SAM(params, torch.optim.SGD, rho=RHO, interval=k, **_sgd_kwargs()))
+
+        def step():
+            forward_backward()
+            if opt.first_step(zero_grad=True):
+                with bn_frozen(model):
+                    forward_backward()
+            opt.second_step(zero_grad=True)
+    elif variant == "msam":
+        opt = MomentumSAM(params, torch.optim.SGD, rho=RHO, **_sgd_kwargs())
+
+        def step():
+            opt.first_step(zero_grad=True)  # to w - rho*v/|v|, before the only pass
+            forward_backward()
+            opt.second_step(zero_grad=True)
     elif variant == "ref_sam":
         opt = ReferenceSAM(params, torch.optim.SGD(params, **_sgd_kwargs()), rho=RHO)
 
@@ -217,8 +261,12 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_config(spec, batch, mode, device, steps, warmup, block, seed=0):
-    """Median time of one step of each variant, interleaved round-robin."""
+def time_config(spec, batch, mode, device, steps, warmup, block, seed=0, variants=VARIANTS,
+                clock="wall"):
+    """Median time of one step of each variant, interleaved round-robin. ``clock``: "wall"
+    (perf_counter) or "cpu" (this thread's CPU time: on a CPU shared with other jobs, the time
+    a step costs, not the time it waited for a core; needs one intra-op thread)."""
+    timer = time.perf_counter if clock == "wall" else time.thread_time
     torch.manual_seed(seed)
     base = build_model(spec).to(device)
     n_params = count_params(base)
@@ -229,38 +277,42 @@ def time_config(spec, batch, mode, device, steps, warmup, block, seed=0):
         x = x.contiguous(memory_format=torch.channels_last)
     if mode == "graph":
         torch._dynamo.reset()  # a fresh cache per config: no recompile limit hit across configs
-    models = {v: copy.deepcopy(base) for v in VARIANTS}
+    variants = tuple(variants)
+    n_block = math.lcm(block, *(CYCLE.get(v, 1) for v in variants))  # steps per timed block
+    models = {v: copy.deepcopy(base) for v in variants}
     for m in models.values():
         m.train()
-    run = {v: make_step(v, models[v], x, y, mode) for v in VARIANTS}
+    run = {v: make_step(v, models[v], x, y, mode) for v in variants}
 
     def timed_block(v):
+        n = n_block  # whole cycles of every variant, the same number of steps for all
         _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(block):
+        t0 = timer()
+        for _ in range(n):
             run[v]()
         _sync(device)
-        return (time.perf_counter() - t0) / block
+        return (timer() - t0) / n
 
     for i in range(warmup):  # compile, allocator, cuDNN autotune, caches
-        for v in VARIANTS:
+        for v in variants:
             timed_block(v)
-    samples = {v: [] for v in VARIANTS}
+    samples = {v: [] for v in variants}
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for r in range(steps):
-            k = r % len(VARIANTS)  # rotate the order: no variant always runs first
-            for v in VARIANTS[k:] + VARIANTS[:k]:
+            k = r % len(variants)  # rotate the order: no variant always runs first
+            for v in variants[k:] + variants[:k]:
                 samples[v].append(timed_block(v))
     finally:
         if gc_was_enabled:
             gc.enable()
     finite = all(torch.isfinite(p).all().item() for m in models.values() for p in m.parameters())
 
-    out = dict(model=spec, params=n_params, batch=batch, mode=mode, finite=finite)
-    for v in VARIANTS:
+    out = dict(model=spec, params=n_params, batch=batch, mode=mode, finite=finite,
+               block_steps=n_block)
+    for v in variants:
         ms = [s * 1e3 for s in samples[v]]
         q = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0]] * 3
         med = statistics.median(ms)
@@ -269,6 +321,7 @@ def time_config(spec, batch, mode, device, steps, warmup, block, seed=0):
     out["ratio_sam_sgd"] = out["sam"]["median_ms"] / out["sgd"]["median_ms"]
     out["ratio_ref_sam_sgd"] = out["ref_sam"]["median_ms"] / out["sgd"]["median_ms"]
     out["speedup_sam_vs_ref"] = out["ref_sam"]["median_ms"] / out["sam"]["median_ms"]
+    out["ratios_to_sgd"] = {v: out[v]["median_ms"] / out["sgd"]["median_ms"] for v in variants}
     return out
 
 
@@ -342,6 +395,21 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def format_ratios(results):
+    """Every variant's median step time over SGD's, beside its passes per step."""
+    names = [v for v in VARIANTS if any(v in r for r in results if "error" not in r)]
+    head = f"{'model':<13}{'batch':>6} {'mode':<8}" + "".join(f"{v:>11}" for v in names)
+    lines = [head, f"{'(passes per step)':<28}"
+             + "".join(f"{PASSES_PER_STEP[v]:>11.2f}" for v in names), "-" * len(head)]
+    for r in results:
+        if "error" in r:
+            continue
+        lines.append(f"{r['model']:<13}{r['batch']:>6} {r['mode']:<8}"
+                     + "".join(f"{r['ratios_to_sgd'][v]:>11.3f}" if v in r["ratios_to_sgd"]
+                               else f"{'-':>11}" for v in names))
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- CLI
 
 def _split(values):
@@ -350,10 +418,11 @@ def _split(values):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Median step time of SGD vs samkit SAM vs a reference SAM, interleaved.",
+        description="Median step time of SGD vs samkit SAM vs a reference SAM vs SAM's "
+                    "cheaper variants, interleaved.",
         epilog="Defaults per device -- CPU: mlp-1024 at batch 128 and 512, preact18-8/16 at "
-               "128, fp32, 40 steps. CUDA: mlp-1024, preact18-16, preact18-64 x batch 128, 512 "
-               "x fp32, bf16-cl, graph, 50 blocks of 5 steps.")
+               "128, fp32, 20 repetitions of 10-step blocks. CUDA: mlp-1024, preact18-16, "
+               "preact18-64 x batch 128, 512 x fp32, bf16-cl, graph, 30 blocks of 10 steps.")
     p.add_argument("--models", nargs="+", metavar="M",
                    help=f"models, space or comma separated: {MODEL_FORMS}")
     p.add_argument("--batches", nargs="+", metavar="B", help="batch sizes (positive integers)")
@@ -362,10 +431,17 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, help="timed repetitions per variant (report: median)")
     p.add_argument("--warmup", type=int, help="untimed repetitions per variant first")
     p.add_argument("--block", type=int,
-                   help="steps per timed repetition (CUDA default 5: lets steps pipeline)")
+                   help="steps per timed repetition, rounded up to a multiple of every "
+                        "variant's cycle (10 with sam_k10); CUDA default 5 lets steps pipeline")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--variants", nargs="+", metavar="V",
+                   help=f"variants besides sgd, sam and ref_sam (always run): "
+                        f"{', '.join(VARIANTS[3:])} (default: all)")
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: torch's own; --quick: 1)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: the benchmark thread's CPU time, for a CPU "
+                        "shared with other jobs (needs --device cpu and --threads 1)")
     p.add_argument("--out", type=Path,
                    help="JSON path (default results/bench/step_time_<device-slug>.json)")
     p.add_argument("--quick", action="store_true",
@@ -388,6 +464,12 @@ def parse_args(argv=None):
     for b in batches:
         if not re.fullmatch(r"[1-9][0-9]*", b):
             p.error(f"--batches: bad value {b!r}; allowed: positive integers, e.g. 128 512")
+    variants = _split(args.variants)
+    for v in variants:
+        if v not in VARIANTS:
+            p.error(f"--variants: bad value {v!r}; allowed: {', '.join(VARIANTS)}")
+    args.variants = (tuple(v for v in VARIANTS if v in ("sgd", "sam", "ref_sam")
+                           or v in variants) if variants else VARIANTS)
     for m in modes:
         if m not in MODES:
             p.error(f"--modes: bad value {m!r}; allowed: {', '.join(MODES)}")
@@ -409,6 +491,9 @@ def parse_args(argv=None):
             setattr(args, name, d[name])
     if args.threads is None and args.quick:
         args.threads = 1  # tiny tensors: a second thread only adds contention on a busy box
+    if args.clock == "cpu" and (device.type != "cpu" or args.threads != 1):
+        p.error("--clock: bad value 'cpu' here; allowed: cpu with --device cpu and --threads 1 "
+                "(a thread's CPU time misses other threads' and the GPU's work)")
     return args
 
 
@@ -425,14 +510,15 @@ def main(argv=None):
         setattr(cfg, key, max(getattr(cfg, key), 64))
     load_before = _loadavg()
     print(f"step_time: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load {load_before}; {len(args.plan)} configs x {len(VARIANTS)} variants, "
+          f"load {load_before}; {len(args.plan)} configs x {len(args.variants)} variants, "
           f"{args.warmup} warm-up + {args.steps} timed repetitions of {args.block} step(s)",
           flush=True)
     results, t_start = [], time.perf_counter()
     for spec, batch, mode in args.plan:
         t0 = time.perf_counter()
         try:
-            r = time_config(spec, batch, mode, device, args.steps, args.warmup, args.block)
+            r = time_config(spec, batch, mode, device, args.steps, args.warmup, args.block,
+                            variants=args.variants, clock=args.clock)
         except Exception as e:  # one broken mode must not lose the other measurements
             r = dict(model=spec, batch=batch, mode=mode, error=f"{type(e).__name__}: {e}")
         results.append(r)
@@ -451,11 +537,15 @@ def main(argv=None):
         },
         "settings": {
             "steps": args.steps, "warmup": args.warmup, "block": args.block,
-            "statistic": "median over repetitions of (block time / block) per variant; "
-                         "variants interleaved round-robin, order rotated every repetition",
+            "statistic": "median over repetitions of (block time / steps in the block) per "
+                         "variant, a block being lcm(block, cycle_steps of every variant) "
+                         "steps (block_steps in each result) for every variant; variants "
+                         "interleaved round-robin, order rotated every repetition",
             "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "rho": RHO,
             "input_shape": list(IN_SHAPE), "num_classes": NUM_CLASSES, "data": "synthetic, "
-            "resident on the device", "variants": list(VARIANTS), "modes": MODES,
+            "resident on the device", "variants": list(args.variants), "modes": MODES,
+            "cycle_steps": {v: CYCLE.get(v, 1) for v in args.variants}, "clock": args.clock,
+            "passes_per_step": {v: PASSES_PER_STEP[v] for v in args.variants},
             "quick": args.quick,
         },
         "results": results,
@@ -464,7 +554,12 @@ def main(argv=None):
     print()
     print(format_table(results))
     print(f"\nSAM/SGD and ref/SGD: ratios of median step times (floor 2.0: two forward+backward "
-          f"passes); speed-up: ref_sam median / sam median.\nwrote {out}")
+          f"passes); speed-up: ref_sam median / sam median.")
+    print()
+    print(format_ratios(results))
+    print(f"\nstep time / SGD step time per variant (sam_k*, looksam_k5: per step over whole "
+          f"cycles of k steps); load average before {load_before}, after {_loadavg()}."
+          f"\nwrote {out}")
     return 1 if any("error" in r for r in results) else 0
 
 
