@@ -16,7 +16,8 @@ from .atomic import replacing, write_json as write_json_atomic
 
 RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
                "sparsity", "prune_to_width", "weight_decay", "early_stopping", "epochs", "seed",
-               "status", "diverged_epoch", "params", "nonzero_params", "seconds", "train_seconds",
+               "status", "diverged_epoch", "params", "nonzero_params", "grad_evals", "sam_interval",
+               "looksam_alpha", "seconds", "train_seconds",
                "cached")
 
 

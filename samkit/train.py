@@ -310,11 +310,6 @@ def load_for(cfg: TrainConfig, root: str | None = None):
 
 # ----------------------------------------------------------------------------- counting passes
 
-# Examples in the full training set of each image dataset (the files are pinned by their
-# checksums), so that a run's steps are known from its config without loading any data.
-FULL_TRAIN_SET = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
-
-
 def train_examples(config) -> int:
     """The training examples of a run (``config``: a TrainConfig or its stored dict), exactly
     as ``load_for`` gives them: n_train (a class-balanced subset of exactly that size), else
@@ -325,7 +320,7 @@ def train_examples(config) -> int:
         return len(data_mod.TOY1D_X)
     if c["dataset"] == "synthetic":
         return c["n_train"] or data_mod.SYNTH_N_TRAIN
-    return c["n_train"] or FULL_TRAIN_SET[c["dataset"]] - c["n_val"]
+    return c["n_train"] or data_mod.SPLIT_SIZES[c["dataset"]][0] - c["n_val"]
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:
