@@ -111,10 +111,19 @@ def _list(table: pd.DataFrame, verdict: str) -> str:
     return "; ".join(f"{r.text} ({r.shown})" for r in t.itertuples()) or "none"
 
 
-def _cost(compute: dict | None) -> str:
+def _cost(compute: dict | None, bench: str = "results/bench") -> str:
+    """What SAM costs: exact gradient evaluations from the compute study's runs, the step-time
+    ratio from the benchmark (timed in isolation), the runs' measured training-time ratio."""
+    from .results import benchmark_table, load_benchmarks
+    table = benchmark_table(load_benchmarks(bench)[0])
+    step = (f"a SAM step takes {table['SAM/SGD'].min():.2f}–{table['SAM/SGD'].max():.2f}× an "
+            "SGD step in the step-time benchmark" if len(table) else "no step-time benchmark")
     if compute is None:
-        return "n/a (the compute study has no results)"
-    return str(compute["metrics"]["facts"].get("time_ratio_widest", "n/a"))
+        return step + " (the compute study has no results)"
+    f = compute["metrics"]["facts"]
+    return (f"SAM spends {f.get('grad_evals_ratio', 'n/a')} the gradient evaluations of SGD "
+            f"for the same epochs; {step}; its training runs took {f.get('time_ratio_widest')} "
+            "the time of SGD's at the widest model (measured beside other jobs)")
 
 
 def advice(table: pd.DataFrame) -> list[str]:
