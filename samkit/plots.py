@@ -12,10 +12,13 @@ sns.set_theme(context="notebook", style="whitegrid")
 
 
 def stamp(fig, meta: dict) -> None:
-    """Profile, device, commit and date at the foot of the figure."""
-    fig.text(0.01, 0.005, provenance_line(meta), fontsize=7, color="0.4", ha="left",
+    """Profile, device, commit and date at the foot of the figure, wrapped to its width."""
+    import textwrap
+    width_chars = max(40, int(fig.get_figwidth() * 17))  # ~17 characters per inch at 7 pt
+    lines = textwrap.wrap(provenance_line(meta), width_chars)
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, color="0.4", ha="left",
              va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.012 + 0.11 * len(lines) / fig.get_figheight(), 1, 1))
 
 
 def _fig(ax, size=(6.4, 4.0)):
@@ -157,6 +160,15 @@ def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
     ax.xaxis.set_minor_locator(plt.NullLocator())
     if ratio:
         ax.set_yscale("log")
+    elif _outlying(table):
+        # One very uncertain point (e.g. a tiny model whose runs sometimes collapse) would
+        # squash every other interval into a line: linear within ±1 pp, logarithmic beyond.
+        ax.set_yscale("symlog", linthresh=1.0)
+        ticks = [-30, -10, -3, -1, -0.5, 0, 0.5, 1, 3, 10, 30]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.yaxis.set_minor_locator(plt.NullLocator())
+        ax.text(0.01, 0.01, "y: linear within ±1 pp, logarithmic beyond", fontsize=7,
+                color="0.4", transform=ax.transAxes)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel)
     if title:
@@ -168,6 +180,11 @@ def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
     if alt:
         fig.alt_text = alt
     return fig
+
+
+def _outlying(table: pd.DataFrame) -> bool:
+    ends = 100 * table[["low", "high"]].abs().max(axis=1).dropna()
+    return len(ends) > 2 and ends.max() > 5 * max(ends.median(), 0.2)
 
 
 def _tick(v) -> str:
@@ -186,9 +203,12 @@ def curves(history: pd.DataFrame, meta: dict | None, y: str = "test_acc", hue: s
     data = history.copy()
     if percent:
         data[y] = 100 * data[y]
-    g = sns.relplot(data=data, x="epoch", y=y, hue=hue, col=col, kind="line",
-                    errorbar=("ci", 95), height=3.0, aspect=1.1, facet_kws={"sharey": False})
+    wrap = 4 if col is not None and data[col].nunique() > 4 else None
+    g = sns.relplot(data=data, x="epoch", y=y, hue=hue, col=col, col_wrap=wrap, kind="line",
+                    errorbar=("ci", 95), height=2.6, aspect=1.2, facet_kws={"sharey": False})
     g.set_axis_labels("epoch", ylabel)
+    if g.legend is not None:  # above the panels, never over a curve
+        sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     if meta is not None:
         stamp(g.figure, meta)
     return g.figure
