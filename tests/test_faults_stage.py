@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from samkit import params as params_mod
