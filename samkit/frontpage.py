@@ -9,8 +9,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import fmt
-from .studies import MODULES, module
+from .studies import MODULES
 
 # What a practitioner should take from a claim, by its verdict. The numbers come from the
 # claim ({shown}); a missing claim raises (a renamed metric is an error, not "n/a").

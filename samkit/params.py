@@ -21,11 +21,11 @@ import re
 
 import yaml
 
+from .studies import MODULES
 from .train import FIELD_TYPES, TrainConfig, check_field
 
 PROFILES = ("quick", "cpu", "gpu")
-STUDIES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
-           "hessian", "simplicity", "datasize", "frontier")
+STUDIES = MODULES  # the registry: one module per study in samkit/studies/
 TOP_KEYS = ("profile", *STUDIES)
 SECTION_KEYS = ("base", "grid", "arms")
 

@@ -20,7 +20,6 @@ import tempfile
 from contextlib import contextmanager
 
 import filelock
-import numpy as np
 import pandas as pd
 import torch
 

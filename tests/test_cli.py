@@ -40,7 +40,7 @@ def test_bad_flag_value_is_one_line_and_exit_2():
 
 def test_book_copy_drops_the_defaults_cell_and_keeps_the_injected_values(tmp_path):
     import nbformat
-    from samkit.__main__ import _hide_default_parameters
+    from samkit.stage import _hide_default_parameters
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('profile = "tiny"', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["injected-parameters"]}),

@@ -171,7 +171,7 @@ def assert_resumable(work):
 def test_a_bad_value_fails_the_stage_and_leaves_its_outputs(work):
     (work / "params.yaml").write_text(PARAMS.replace("rho: 0.1", "rho: -0.05"))
     before = snapshot(work)
-    rc, out = finish(start(work, "dvc", "repro", STUDY))
+    rc, out = finish(start(work, "dvc", "repro", f"study@{STUDY}"))
     assert rc != 0 and "error: simplicity.quick.base.rho: got -0.05; allowed: a number >= 0" \
         in out, out
     assert snapshot(work) == before   # DVC removed nothing, the stage touched nothing
@@ -181,7 +181,7 @@ def test_a_bad_value_fails_the_stage_and_leaves_its_outputs(work):
 @pytest.mark.slow
 def test_a_crash_mid_run_leaves_the_outputs(work):
     before = snapshot(work)
-    proc = start(work, "dvc", "repro", STUDY)
+    proc = start(work, "dvc", "repro", f"study@{STUDY}")
     wait_mid_run(work, proc)
     workers = [pid for pid in _processes_of(work)
                if b"samkit.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
@@ -198,7 +198,7 @@ def test_a_crash_mid_run_leaves_the_outputs(work):
 @pytest.mark.slow
 def test_sigkill_leaves_the_outputs_and_the_next_start_cleans_up(work):
     before = snapshot(work)
-    proc = start(work, "dvc", "repro", STUDY)
+    proc = start(work, "dvc", "repro", f"study@{STUDY}")
     wait_mid_run(work, proc)
     os.killpg(proc.pid, signal.SIGKILL)   # dvc, the shell, samkit stage: nothing can clean up
     proc.wait(timeout=60)
@@ -227,7 +227,7 @@ def test_sigkill_leaves_the_outputs_and_the_next_start_cleans_up(work):
 @pytest.mark.slow
 def test_ctrl_c_stops_dvc_repro_within_seconds_and_leaves_a_resumable_checkpoint(work):
     before = snapshot(work)
-    proc = start(work, "dvc", "repro", STUDY)
+    proc = start(work, "dvc", "repro", f"study@{STUDY}")
     wait_mid_run(work, proc)
     t0 = time.time()
     os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C in a terminal does

@@ -3,10 +3,8 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from samkit import provenance, sweep
 from samkit.train import TrainConfig
