@@ -124,8 +124,10 @@ def module(name: str):
 
 
 def run(name: str, section: dict, profile: str, cache: str = "results/runs",
-        root: str = "results", progress: bool = False) -> Study:
-    """Configs from the study's params section -> cached runs -> analysis -> saved results."""
+        root: str = "results", progress: bool = True) -> Study:
+    """Configs from the study's params section -> cached runs -> analysis -> saved results.
+    ``progress``: one line per trained run; the worker processes write it to the terminal of
+    `dvc repro` (the kernel's own output goes into the notebook, whose cell the book hides)."""
     from .. import params, results, sweep
     t0 = time.time()
     runs = sweep.run(params.study_configs(name, section, profile), cache=cache,
