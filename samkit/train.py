@@ -11,6 +11,7 @@ import errno
 import io
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, fields
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
+from . import graphs
 from .bn import bn_frozen
 from .models import MODELS, build_model, count_params
 from .sam import SAM, LookSAM, MomentumSAM
@@ -30,6 +32,7 @@ SCHEDULES = ("step", "step3", "cosine", "constant")
 LOSSES = ("auto", "ce", "mse")
 PRUNE = ("none", "random", "snip")
 REGRESSION_DATASETS = ("synthetic", "toy1d")
+COMPILE = ("eager", "graph")  # graph: the whole step in one CUDA graph (samkit.graphs)
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
 # such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").
 DIVERGENCE_FACTOR = 1e6
@@ -77,6 +80,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
+    compile: str = "eager"       # graph: each step replayed from ONE CUDA graph (CUDA only)
     tag: str = ""
 
     def __post_init__(self):
@@ -85,7 +89,9 @@ class TrainConfig:
     def key_dict(self) -> dict:
         """The fields that change a run's numbers (cache identity)."""
         d = dataclasses.asdict(self)
-        for k in ("device", "tag"):
+        # compile: the same kernels in the same order as eager (samkit.graphs), so a graph run
+        # is the eager run on that device and shares its key (as device itself does).
+        for k in ("device", "tag", "compile"):
             d.pop(k)
         if self.optimizer == "sgd":   # SGD ignores rho/eta: one cache entry for all values
             d["rho"] = d["eta"] = 0.0
@@ -119,7 +125,7 @@ _DEFAULT_ETA = 0.01  # TrainConfig.eta's default
 
 
 _CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE}
+            "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE, "compile": COMPILE}
 _POSITIVE = ("width", "depth", "lr", "batch_size", "epochs", "eval_every")
 _NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "weight_decay", "seed",
                  "hessian_samples", "prune_to_width")
@@ -165,6 +171,8 @@ def validate_config(cfg) -> None:
     """Every field on its own, then the combinations; the first problem raises ValueError."""
     for name in FIELD_TYPES:
         check_field(name, getattr(cfg, name))
+    if cfg.compile == "graph" and cfg.device == "cpu":  # "auto": checked where it resolves
+        graphs.require_cuda(cfg.device)
     if cfg.optimizer == "msam" and not cfg.momentum > 0:
         raise ValueError(f"momentum: got {cfg.momentum!r} with optimizer 'msam'; allowed: "
                          "momentum > 0 (Momentum-SAM perturbs along the momentum buffer)")
@@ -278,19 +286,25 @@ def _apply_pruning(cfg, model, data, loss_fn):
                    x=data.x_train[:n], y=data.y_train[:n])
 
 
+_BUILD_LOCK = threading.Lock()
+
+
 def build(cfg: TrainConfig, data=None):
     """(data, model, optimizer, scheduler, loss_fn) for a config, deterministic in its seeds."""
     device = pick_device(cfg.device)
+    if cfg.compile == "graph":
+        graphs.require_cuda(device)
     if data is None:
         data = load_for(cfg)
     data = data.to(device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.width, data.in_shape, data.num_classes, cfg.depth)
-    model = model.to(device)
-    if cfg.channels_last and cfg.model == "preact_resnet18":
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = _loss_fn(cfg, data.task)
-    _apply_pruning(cfg, model, data, loss_fn)
+    with _BUILD_LOCK:  # runs trained in threads of one process: the global RNG seeds each init
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, cfg.width, data.in_shape, data.num_classes, cfg.depth)
+        model = model.to(device)
+        if cfg.channels_last and cfg.model == "preact_resnet18":
+            model = model.to(memory_format=torch.channels_last)
+        loss_fn = _loss_fn(cfg, data.task)
+        _apply_pruning(cfg, model, data, loss_fn)
     opt = _make_optimizer(cfg, model)
     return data, model, opt, _make_scheduler(cfg, opt), loss_fn
 
@@ -342,9 +356,13 @@ def derived_grad_evals(config, epochs: int) -> int:
 
 # ----------------------------------------------------------------------------- one epoch
 
-def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None):
-    """One pass over the training set; returns the summed loss as a device tensor."""
+def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None, stepper=None):
+    """One pass over the training set; returns the summed loss as a device tensor.
+    ``stepper``: compile="graph"'s samkit.graphs.GraphStep, kept across epochs (made here if
+    not given)."""
     model.train()
+    if cfg.compile == "graph" and stepper is None:
+        stepper = graphs.GraphStep(model, opt, loss_fn, cfg.batch_size, cfg.bf16)
     device = data.x_train.device
     g = _epoch_generator(cfg.seed, epoch, device)
     n = len(data.x_train)
@@ -358,6 +376,11 @@ def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None):
             x = data_mod.augment(x, g)
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if stepper is not None:  # the same step, replayed from a CUDA graph
+            total += stepper(x, y) * len(idx)
+            if progress is not None:
+                progress.update(len(idx))
+            continue
         if isinstance(opt, MomentumSAM):  # ε is known before the pass: to w̃ first
             opt.first_step(zero_grad=True)
         with autocast:
@@ -474,11 +497,13 @@ def _load_checkpoint(path, cfg, model, opt, sched):
 # ----------------------------------------------------------------------------- the loop
 
 def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
-        data=None, return_model: bool = False):
+        data=None, return_model: bool = False, on_epoch=None):
     """Train one config; returns a JSON-able result dict (and the model if asked).
 
     ``checkpoint``: a path written atomically after every epoch; if it exists at start, the
     run resumes from it and ends with the same numbers as an uninterrupted run.
+    ``on_epoch(entry)``: called after each evaluation (and its checkpoint) with the new
+    history entry (progress reports).
     """
     t0 = time.time()
     data, model, opt, sched, loss_fn = build(cfg, data)
@@ -500,11 +525,15 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
     initial_loss = (resumed.get("initial_loss") if resumed else None) or evaluate(
         cfg, model, loss_fn, data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size])["loss"]
     progress = _progress(cfg, len(data.x_train), quiet, start)
+    # compile="graph": one GraphStep for the whole run (its graphs are kept across epochs)
+    graph = ({"stepper": graphs.GraphStep(model, opt, loss_fn, cfg.batch_size, cfg.bf16)}
+             if cfg.compile == "graph" else {})
     loss_sum = 0.0
     for epoch in range(start if status == "ok" else cfg.epochs, cfg.epochs):
         tick = time.perf_counter()
         evals_before = opt.grad_evals if isinstance(opt, SAM) else 0
-        loss_sum = loss_sum + train_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
+        loss_sum = loss_sum + train_epoch(cfg, model, opt, loss_fn, data, epoch, progress,
+                                          **graph)
         # The SAM family counts the passes its steps took (2 on a step with the ascent, else
         # 1); plain SGD takes one per batch.
         grad_evals += (opt.grad_evals - evals_before if isinstance(opt, SAM)
@@ -538,6 +567,8 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
                 "best_state": best_state, "train_seconds": train_seconds,
                 "initial_loss": initial_loss, "grad_evals": grad_evals,
                 "seconds": seconds_before + time.time() - t0})
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if status == "diverged":
             break
     if progress is not None:
