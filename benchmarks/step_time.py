@@ -29,7 +29,9 @@ as many steps in a row between the others (the same cache warmth: with blocks of
 ran each step on caches the other variants had just filled, and came out slower than SAM every
 10). The time per step is the block's time over its steps.
 In ``graph`` mode the new variants' optimizer calls stay eager (their step counter decides the
-pass count in Python); only their model forward+backward is compiled.
+pass count in Python); only their model forward+backward is compiled. In ``step-graph`` mode
+every samkit variant is captured whole (one graph per step kind: SAM every k replays its SAM
+step's graph on one step in k, a plain step's graph on the others).
 
 The variants are interleaved: after a warm-up, each repetition times one block of steps of each
 variant, the order rotating every repetition, so drift (thermal, other load) hits all alike. The
@@ -41,9 +43,18 @@ reported time is the median over repetitions. Modes:
            torch.compile(mode="reduce-overhead") (CUDA graphs) and the optimizer calls
            (SGD.step, SAM.first_step/second_step) compiled with torch.compile; the reference
            SAM's optimizer stays eager (its .item() calls force host syncs). CUDA only.
+  step-graph
+           bf16-cl with the WHOLE step (both passes, ε, the restore, the BN freeze, the base
+           update) captured in ONE CUDA graph by samkit.graphs.GraphStep, the trainer's
+           compile="graph" path (static input buffers; the timed steps are replays);
+           ref_sam runs eager bf16-cl (its .item() calls cannot be captured). CUDA only.
 
 Run ``python benchmarks/step_time.py --help``; results go to results/bench/step_time_<device>.json.
-``ratios_to_sgd`` in each result holds every variant's median step time over SGD's.
+``ratios_to_sgd`` in each result holds every variant's median step time over SGD's. The JSON is
+rewritten after every config, so a killed run keeps what it measured; ``--resume`` then
+measures only the configs the JSON lacks (or holds with an error), and ``--budget-s`` stops
+starting configs after that many seconds (the rest are recorded as skipped, for a later
+``--resume``): what the GPU harvest (benchmarks/gpu_harvest.py) uses inside a short allocation.
 """
 from __future__ import annotations
 
@@ -68,6 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samkit.bn import bn_frozen
+from samkit.graphs import GraphStep
 from samkit.models import MLP, PreActResNet18, count_params
 from samkit.sam import SAM, LookSAM, MomentumSAM
 
@@ -88,8 +100,14 @@ MODES = {
     "graph": "bf16 autocast + channels_last; model torch.compile(mode='reduce-overhead') "
              "(CUDA graphs), SGD.step / SAM.first_step / SAM.second_step torch.compile'd; "
              "ref_sam's optimizer eager",
+    "step-graph": "bf16 autocast + channels_last; the whole step (both passes, eps, restore, "
+                  "BN freeze, base update) in ONE CUDA graph (samkit.graphs.GraphStep, the "
+                  "trainer's compile='graph'); ref_sam eager",
 }
-CUDA_ONLY_MODES = ("graph",)
+CUDA_ONLY_MODES = ("graph", "step-graph")
+CHANNELS_LAST_MODES = ("bf16-cl", "graph", "step-graph")
+SKIPPED = "skipped: time budget (--budget-s) spent; rerun with --resume"
+
 MODEL_FORMS = "mlp-<width> (784 -> width -> 10) or preact18-<width> (PreActResNet18)"
 
 # Defaults per device. On CPU (2 cores here) a PreActResNet18 of width 64 trains at ~55 img/s,
@@ -99,7 +117,8 @@ DEFAULTS = {
     "cpu": dict(models=["mlp-1024", "preact18-8", "preact18-16"], batches=[128],
                 extra=[("mlp-1024", 512)], modes=["fp32"], steps=20, warmup=2, block=1),
     "cuda": dict(models=["mlp-1024", "preact18-16", "preact18-64"], batches=[128, 512],
-                 extra=[], modes=["fp32", "bf16-cl", "graph"], steps=30, warmup=3, block=5),
+                 extra=[], modes=["fp32", "bf16-cl", "graph", "step-graph"], steps=30, warmup=3,
+                 block=5),
 }
 QUICK = dict(models=["mlp-32", "preact18-2"], batches=[8], extra=[], modes=["fp32"], steps=3,
              warmup=1, block=1)
@@ -184,6 +203,12 @@ def make_step(variant: str, model: nn.Module, x, y, mode: str = "fp32"):
     ``model`` is trained in place (give each variant its own copy); its optimizer lives in the
     closure. ``mode`` picks autocast/compilation as described in the module docstring.
     """
+    if mode == "step-graph":
+        if variant == "ref_sam":  # host syncs: cannot be captured; the eager bf16-cl baseline
+            return make_step(variant, model, x, y, "bf16-cl")
+        stepper = GraphStep(model, samkit_optimizer(variant, list(model.parameters())),
+                            F.cross_entropy, batch_size=len(x), bf16=True, warmup=1)
+        return lambda: stepper(x, y)
     compiled = mode == "graph"
     bf16 = mode in ("bf16-cl", "graph")
     device_type = x.device.type
@@ -254,6 +279,23 @@ def make_step(variant: str, model: nn.Module, x, y, mode: str = "fp32"):
     return step
 
 
+def samkit_optimizer(variant: str, params):
+    """The optimizer of a samkit variant (the same as ``make_step`` builds)."""
+    if variant == "sgd":
+        return torch.optim.SGD(params, **_sgd_kwargs())
+    if variant == "sam":
+        return SAM(params, torch.optim.SGD, rho=RHO, **_sgd_kwargs())
+    if variant in CYCLE:
+        k = CYCLE[variant]
+        if variant.startswith("looksam"):
+            return LookSAM(params, torch.optim.SGD, rho=RHO, k=k, **_sgd_kwargs())
+        return SAM(params, torch.optim.SGD, rho=RHO, interval=k, **_sgd_kwargs())
+    if variant == "msam":
+        return MomentumSAM(params, torch.optim.SGD, rho=RHO, **_sgd_kwargs())
+    raise ValueError(f"variant: {variant!r} is not a samkit optimizer; allowed: "
+                     f"{', '.join(v for v in VARIANTS if v != 'ref_sam')}")
+
+
 # --------------------------------------------------------------------------- timing
 
 def _sync(device):
@@ -272,7 +314,7 @@ def time_config(spec, batch, mode, device, steps, warmup, block, seed=0, variant
     n_params = count_params(base)
     x = torch.randn(batch, *IN_SHAPE, device=device)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
-    if mode in ("bf16-cl", "graph"):
+    if mode in CHANNELS_LAST_MODES:
         base = base.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if mode == "graph":
@@ -422,7 +464,8 @@ def parse_args(argv=None):
                     "cheaper variants, interleaved.",
         epilog="Defaults per device -- CPU: mlp-1024 at batch 128 and 512, preact18-8/16 at "
                "128, fp32, 20 repetitions of 10-step blocks. CUDA: mlp-1024, preact18-16, "
-               "preact18-64 x batch 128, 512 x fp32, bf16-cl, graph, 30 blocks of 10 steps.")
+               "preact18-64 x batch 128, 512 x fp32, bf16-cl, graph, step-graph, 30 blocks of "
+               "10 steps.")
     p.add_argument("--models", nargs="+", metavar="M",
                    help=f"models, space or comma separated: {MODEL_FORMS}")
     p.add_argument("--batches", nargs="+", metavar="B", help="batch sizes (positive integers)")
@@ -446,6 +489,10 @@ def parse_args(argv=None):
                    help="JSON path (default results/bench/step_time_<device-slug>.json)")
     p.add_argument("--quick", action="store_true",
                    help="tiny models, batch 8, 3 steps: checks the script, not the speed")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the configs --out already holds without an error; measure the rest")
+    p.add_argument("--budget-s", type=float, metavar="S",
+                   help="start no config after S seconds (the rest: recorded as skipped)")
     args = p.parse_args(argv)
 
     if args.device not in ("auto", "cpu", "cuda"):
@@ -476,6 +523,8 @@ def parse_args(argv=None):
         if m in CUDA_ONLY_MODES and device.type != "cuda":
             p.error(f"--modes: bad value {m!r} on {device.type}: it needs CUDA; allowed here: "
                     f"{', '.join(k for k in MODES if k not in CUDA_ONLY_MODES)}")
+    if args.budget_s is not None and not args.budget_s > 0:
+        p.error(f"--budget-s: bad value {args.budget_s}; allowed: a number of seconds > 0")
     for name, low in (("steps", 1), ("warmup", 0), ("block", 1), ("threads", 1)):
         v = getattr(args, name)
         if v is not None and v < low:
@@ -513,8 +562,18 @@ def main(argv=None):
           f"load {load_before}; {len(args.plan)} configs x {len(args.variants)} variants, "
           f"{args.warmup} warm-up + {args.steps} timed repetitions of {args.block} step(s)",
           flush=True)
+    kept = _kept_results(Path(out), args) if args.resume else {}
+    if kept:
+        print(f"--resume: {len(kept)} of {len(args.plan)} configs already measured in {out}",
+              flush=True)
     results, t_start = [], time.perf_counter()
     for spec, batch, mode in args.plan:
+        if (spec, batch, mode) in kept:
+            results.append(kept[(spec, batch, mode)])
+            continue
+        if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+            results.append(dict(model=spec, batch=batch, mode=mode, error=SKIPPED))
+            continue
         t0 = time.perf_counter()
         try:
             r = time_config(spec, batch, mode, device, args.steps, args.warmup, args.block,
@@ -524,7 +583,45 @@ def main(argv=None):
         results.append(r)
         print(format_table([r]).splitlines()[-1] + f"   [{time.perf_counter() - t0:.0f} s]",
               flush=True)
-    data = {
+        # What is measured so far, in case the process is killed (a time limit): --resume
+        # goes on from here.
+        write_json_atomic(Path(out), _document(args, argv, name, slug, extra, load_before,
+                                               t_start, results))
+    data = _document(args, argv, name, slug, extra, load_before, t_start, results)
+    write_json_atomic(Path(out), data)
+    print()
+    print(format_table(results))
+    print(f"\nSAM/SGD and ref/SGD: ratios of median step times (floor 2.0: two forward+backward "
+          f"passes); speed-up: ref_sam median / sam median.")
+    print()
+    print(format_ratios(results))
+    print(f"\nstep time / SGD step time per variant (sam_k*, looksam_k5: per step over whole "
+          f"cycles of k steps); load average before {load_before}, after {_loadavg()}."
+          f"\nwrote {out}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _kept_results(out: Path, args) -> dict:
+    """The results of a JSON written earlier with the same settings, by (model, batch, mode),
+    without those that hold an error (a broken or skipped config is measured again)."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    s = old.get("settings", {})
+    same = (old.get("schema") == SCHEMA and s.get("variants") == list(args.variants)
+            and all(s.get(k) == getattr(args, k) for k in ("steps", "warmup", "block", "clock",
+                                                           "quick")))
+    if not same:
+        print(f"--resume: {out} was written with other settings; measuring everything",
+              flush=True)
+        return {}
+    return {(r["model"], r["batch"], r["mode"]): r for r in old.get("results", [])
+            if "error" not in r}
+
+
+def _document(args, argv, name, slug, extra, load_before, t_start, results) -> dict:
+    return {
         "schema": SCHEMA,
         "provenance": {
             "commit": _git_commit(), "device": name, "device_slug": slug,
@@ -548,19 +645,8 @@ def main(argv=None):
             "passes_per_step": {v: PASSES_PER_STEP[v] for v in args.variants},
             "quick": args.quick,
         },
-        "results": results,
+        "results": list(results),
     }
-    write_json_atomic(Path(out), data)
-    print()
-    print(format_table(results))
-    print(f"\nSAM/SGD and ref/SGD: ratios of median step times (floor 2.0: two forward+backward "
-          f"passes); speed-up: ref_sam median / sam median.")
-    print()
-    print(format_ratios(results))
-    print(f"\nstep time / SGD step time per variant (sam_k*, looksam_k5: per step over whole "
-          f"cycles of k steps); load average before {load_before}, after {_loadavg()}."
-          f"\nwrote {out}")
-    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -266,3 +266,50 @@ def test_graph_training_equals_eager_training(optimizer):
         assert a["epoch"] == b["epoch"] and a["lr"] == b["lr"]
         for k in ("train_loss_running", "train_loss", "test_loss"):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (k, a["epoch"])
+
+
+def test_graph_steps_in_threads_equal_eager_steps():
+    """The harvest's scheme (benchmarks/gpu_harvest.py start): runs in threads of one process,
+    each on its own CUDA stream, capturing (one at a time) and replaying their own graphs while
+    the others train, each equal to its eager twin trained alone afterwards."""
+    import threading
+    names = ["sgd", "sam", "sam_k2"]
+    bases = [_net(seed=i) for i in range(len(names))]
+    graphed = [copy.deepcopy(b) for b in bases]
+    errors, steps = [], {}
+
+    def work(i):
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                opt = OPTIMIZERS[names[i]](graphed[i].parameters())
+                step = steps[i] = GraphStep(graphed[i], opt, F.cross_entropy, batch_size=16,
+                                            warmup=2)
+                for j in range(12):
+                    if j == 7:
+                        for g in opt.param_groups:
+                            g["lr"] *= 0.1
+                    step(*_batch(seed=100 * i + j))
+                torch.cuda.current_stream().synchronize()
+        except BaseException as e:  # noqa: BLE001 - re-raised by the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(names))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    for i, name in enumerate(names):
+        eager = copy.deepcopy(bases[i])
+        opt = OPTIMIZERS[name](eager.parameters())
+        for j in range(12):
+            if j == 7:
+                for g in opt.param_groups:
+                    g["lr"] *= 0.1
+            _eager_step(eager, opt, *_batch(seed=100 * i + j),
+                        lambda: torch.autocast("cuda", enabled=False))
+        assert steps[i].replays >= 5 and steps[i].captures >= 2
+        for (k, a), b in zip(eager.state_dict().items(), graphed[i].state_dict().values()):
+            torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5,
+                                       msg=f"{name} {k}")
