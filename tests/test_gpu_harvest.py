@@ -1,0 +1,320 @@
+"""The GPU harvest and the fast GPU path, checked on a CPU so that neither rots between GPU
+allocations:
+
+* TrainConfig.compile: validation, and run keys that stay the eager run's;
+* samkit.graphs' bookkeeping (warm-up per step kind, static inputs, a new capture when the LR
+  changes, eager short batches, the SAM counters a replay must advance), with a stand-in for
+  CUDA whose "capture" runs the step's Python once and undoes its numbers, and whose "replay"
+  runs the step again without its Python side effects: the trainer's compile="graph" must then
+  give the eager run's numbers exactly (the real CUDA checks are tests/test_gpu.py);
+* benchmarks/step_time.py's --budget-s and --resume;
+* benchmarks/gpu_harvest.py: every subcommand, --dry-run (toy size on the CPU), in order, as on
+  the GPU machine, then ingest into a scratch repository and the headline study's gpu table.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from samkit import graphs, sweep, train
+from samkit.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+NO_GPU = "compile: got 'graph' on device cpu; allowed: eager (CUDA graphs need a GPU)"
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ----------------------------------------------------------------------------- the config field
+
+def test_compile_is_validated_in_one_line():
+    with pytest.raises(ValueError) as e:
+        TrainConfig(compile="graph", device="cpu")
+    assert str(e.value) == NO_GPU
+    with pytest.raises(ValueError) as e:
+        TrainConfig(compile="jit")
+    assert "compile: got 'jit'; allowed: eager, graph" in str(e.value)
+    TrainConfig(compile="graph", device="cuda")  # checked where it runs, not where it is written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: graph runs there")
+def test_graph_without_cuda_is_one_clear_error():
+    with pytest.raises(ValueError) as e:  # device auto resolves to the CPU here
+        train.run(TrainConfig(dataset="synthetic", model="mlp", width=4, n_train=16, epochs=1,
+                              compile="graph"))
+    assert str(e.value) == NO_GPU
+
+
+def test_compile_leaves_run_keys_alone():
+    """A key pinned before the field existed (tests/test_train_variants.py), whatever compile
+    and device say: a graph run fills the cache entry of the eager config."""
+    research = dict(dataset="fashion_mnist", model="mlp", depth=2, n_train=10000, n_val=5000,
+                    n_test=0, data_seed=-1, rho=0.05, lr=0.1, momentum=0.9,
+                    weight_decay=0.0001, batch_size=128, epochs=60, schedule="step3",
+                    eval_every=3, early_stopping=True, optimizer="sam", width=32, seed=0)
+    for extra in ({}, dict(compile="eager"), dict(compile="graph", device="cuda")):
+        cfg = TrainConfig(**research, **extra)
+        assert sweep.run_key(cfg) == "1e6d91e0400fa249"
+        assert "compile" not in cfg.key_dict()
+
+
+# ----------------------------------------------------------------------------- graph bookkeeping
+
+def _optimizers(step):
+    return [o for o in (step.opt, getattr(step.opt, "base_optimizer", None)) if o is not None]
+
+
+def _state_tensors(step):
+    """Every tensor a training step may change in place: weights, BN buffers, optimizer state."""
+    tensors = list(step.model.state_dict(keep_vars=True).values())
+    for opt in _optimizers(step):
+        for state in opt.state.values():
+            tensors += [v for v in state.values() if torch.is_tensor(v)]
+    return tensors
+
+
+def _state_layout(step):
+    """Which optimizer state exists (per parameter and name; on a CPU SAM swaps storages, so
+    the tensor objects themselves change from step to step)."""
+    return [sorted((id(p), k) for p, state in opt.state.items() for k, v in state.items()
+                   if torch.is_tensor(v)) for opt in _optimizers(step)]
+
+
+class _FakeGraph:
+    def __init__(self, backend, step, loss, key, kind):
+        self.backend, self.step, self.loss, self.key, self.kind = backend, step, loss, key, kind
+
+    def replay(self):
+        """The step on the static inputs, leaving the Python-side counters alone (GraphStep
+        advances them), with the hyperparameters and of the kind it was captured for."""
+        s = self.step
+        assert graphs.hyper_key(s.opt) == self.key, "replayed with stale hyperparameters"
+        assert graphs.step_kind(s.opt) == self.kind, "replayed a graph of another step kind"
+        assert len(s.static[0]) == s.batch_size
+        saved = {n: getattr(s.opt, n) for n in graphs.COUNTERS if hasattr(s.opt, n)}
+        self.loss.copy_(s._step(*s.static))
+        for n, v in saved.items():
+            setattr(s.opt, n, v)
+        self.backend.replays += 1
+
+
+class _FakeCuda:
+    """samkit.graphs' CUDA calls, on a CPU: streams are nothing; a capture runs the step's Python
+    once and puts every tensor back (a capture launches no kernel), and must create no new
+    state (the eager warm-up made it all)."""
+
+    def __init__(self):
+        self.captures = self.replays = 0
+
+    def stream(self, device):
+        return None
+
+    def on(self, stream):
+        return contextlib.nullcontext()
+
+    def join(self, waiting, other):
+        pass
+
+    def current(self):
+        return None
+
+    def synchronize(self):
+        pass
+
+    def capture(self, step):
+        tensors, layout = _state_tensors(step), _state_layout(step)
+        key, kind = graphs.hyper_key(step.opt), graphs.step_kind(step.opt)
+        saved = [t.detach().clone() for t in tensors]
+        loss = step._step(*step.static)
+        assert _state_layout(step) == layout, (
+            "the captured step created optimizer state: the warm-up was too short")
+        with torch.no_grad():
+            for t, v in zip(tensors, saved):
+                t.copy_(v)
+        self.captures += 1
+        holder = loss.detach().clone()
+        return _FakeGraph(self, step, holder, key, kind), holder
+
+
+@pytest.fixture()
+def fake_cuda(monkeypatch):
+    fake = _FakeCuda()
+    monkeypatch.setattr(graphs, "BACKEND", fake)
+    monkeypatch.setattr(graphs, "require_cuda", lambda device: None)
+    return fake
+
+
+SYN = dict(dataset="synthetic", model="mlp", width=8, n_train=50, epochs=5, batch_size=16,
+           schedule="step")  # 50 = 3 x 16 + 2: a short batch every epoch; the LR drops twice
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd"), dict(optimizer="sam"),
+                                dict(optimizer="asam", rho=0.5),
+                                dict(optimizer="sam", sam_interval=2),
+                                dict(optimizer="looksam", sam_interval=2),
+                                dict(optimizer="msam", rho=0.3),
+                                dict(optimizer="sam", bf16=True)],
+                         ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_graph_path_gives_the_eager_numbers(kw, fake_cuda, one_thread):
+    eager = train.run(TrainConfig(**SYN, **kw))
+    graphed = train.run(TrainConfig(**SYN, **kw, compile="graph"))
+    assert fake_cuda.captures >= 2 and fake_cuda.replays >= 5, vars(fake_cuda)
+    assert graphed["history"] == eager["history"]
+    assert graphed["grad_evals"] == eager["grad_evals"]
+
+
+def test_graph_path_with_batchnorm_and_augmentation(fmnist_root, fake_cuda, one_thread):
+    kw = dict(model="preact_resnet18", width=2, n_train=40, n_test=40, batch_size=16,
+              augment=True, epochs=3, schedule="step", optimizer="sam")
+    eager = train.run(TrainConfig(**kw))
+    graphed = train.run(TrainConfig(**kw, compile="graph"))
+    assert fake_cuda.replays >= 1
+    assert graphed["history"] == eager["history"]
+
+
+def test_graph_step_needs_cuda():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError) as e:
+        graphs.GraphStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                         torch.nn.functional.mse_loss, batch_size=4)
+    assert str(e.value) == NO_GPU
+
+
+# ----------------------------------------------------------------------------- step_time.py
+
+st = _load("step_time_for_harvest", REPO / "benchmarks" / "step_time.py")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: step-graph is allowed")
+def test_step_graph_mode_is_refused_without_cuda(capsys):
+    with pytest.raises(SystemExit):
+        st.parse_args(["--modes", "step-graph"])
+    assert "'step-graph' on cpu: it needs CUDA" in capsys.readouterr().err
+
+
+def test_budget_then_resume(tmp_path, one_thread, capsys):
+    out = tmp_path / "b.json"
+    argv = ["--quick", "--device", "cpu", "--variants", "sgd", "--models", "mlp-4", "mlp-8",
+            "--batches", "4", "--steps", "2", "--warmup", "0", "--out", str(out)]
+    assert st.main(argv + ["--budget-s", "0.001"]) == 1  # the second config is skipped
+    first = json.loads(out.read_text())["results"]
+    assert "error" not in first[0] and first[1]["error"] == st.SKIPPED
+    assert st.main(argv + ["--resume"]) == 0
+    second = json.loads(out.read_text())["results"]
+    assert second[0] == first[0]  # kept, not measured again
+    assert "error" not in second[1] and second[1]["model"] == "mlp-8"
+    assert "1 of 2 configs already measured" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the harvest
+
+hv = _load("gpu_harvest_for_tests", REPO / "benchmarks" / "gpu_harvest.py")
+
+
+def test_arms_come_from_params_yaml():
+    section = hv.harvest_section(str(REPO / "params.yaml"), [0], ["SAM 150 ep"])
+    block = section["gpu"]
+    assert block["grid"]["seed"] == [0] and [a["tag"] for a in block["arms"]] == ["SAM 150 ep"]
+    arms = hv._arms(section, "cuda", "graph")
+    assert len(arms) == 1 and arms[0]["config"]["compile"] == "graph"
+    assert arms[0]["config"]["width"] == 64 and arms[0]["config"]["n_train"] == 0
+    with pytest.raises(SystemExit) as e:
+        hv.harvest_section(str(REPO / "params.yaml"), [0], ["SAM 15 ep"])
+    assert "unknown 'SAM 15 ep'" in str(e.value)
+
+
+def _harvest(*args, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_harvest.py"), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_dry_run_of_every_subcommand(fmnist_root, tmp_path):
+    d, out, repo = tmp_path / "harvest", tmp_path / "out", tmp_path / "repo"
+    common = ["--dir", str(d), "--dry-run"]
+    # check: facts, data, the GPU tests (skipped here)
+    p = _harvest("check", *common)
+    assert "torch" in p.stdout and "pytest -m gpu" in p.stdout
+    check = json.loads((d / "check.json").read_text())
+    assert check["tests"]["rc"] == 0 and "tests/test_gpu.py" in check["tests"]["files"]
+    assert check["data"].startswith("fashion_mnist: 60000 training")
+    # bench: step_time at --quick size, resumable
+    _harvest("bench", *common)
+    bench = json.loads((d / "bench" / "step_time_dry-run.json").read_text())
+    assert bench["results"] and not any("error" in r for r in bench["results"])
+    assert "--resume" in bench["provenance"]["argv"]
+    # start: one detached process; status waits for it; start again finds all done
+    p = _harvest("start", *common, "--settle", "1")
+    assert "3 runs" in p.stdout and "compile eager" in p.stdout
+    p = _harvest("status", *common, "--wait", "150", "--every", "10", "--poll", "0.5")
+    assert "every run is finished" in p.stdout, p.stdout
+    assert "every run is finished" in _harvest("start", *common).stdout
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["dry_run"] and manifest["section"]["gpu"]["grid"]["seed"] == [0]
+    # collect: results in the run-cache format, no weights, at most 8 files
+    _harvest("collect", *common, str(out))
+    files = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
+    assert len(files) <= 8 and not any(f.endswith(".ckpt") for f in files), files
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == 3
+    epochs = {}
+    for f in runs:
+        r = json.loads(f.read_text())
+        cfg = TrainConfig(**r["config"])
+        assert sweep.run_key(cfg) == f.stem
+        assert r["format"] == sweep.RESULT_FORMAT and r["numerics"] == sweep.NUMERICS_VERSION
+        assert r["status"] == "ok" and len(r["history"]) == cfg.epochs and "provenance" in r
+        assert cfg.width == 2 and cfg.n_train == 256 and cfg.augment and r["harvest"]
+        epochs[cfg.tag] = cfg.epochs
+    assert epochs == {"SGD 300 ep": 6, "SAM 150 ep": 3, "SAM 200 ep": 4}
+    harvest = json.loads((out / "harvest.json").read_text())
+    assert harvest["status"]["done"] and harvest["check"]["tests"]["rc"] == 0
+    # ingest: refused as real results; into a scratch repository with --dry-run, where the
+    # headline study's gpu table is computed from the run cache (nothing trained)
+    p = _harvest("ingest", str(out), "--repo", str(repo), check=False)
+    assert p.returncode == 2 and "dry run" in p.stderr
+    assert not (repo / "results").exists()
+    p = _harvest("ingest", str(out), "--repo", str(repo), "--dry-run")
+    assert len(list((repo / "results" / "runs").glob("*.json"))) == 3
+    assert (repo / "results" / "bench" / "step_time_dry-run.json").is_file()
+    from samkit.studies import headline
+    table = headline.gpu_rows(str(repo / "results"))
+    assert table is not None and list(table["arm"]) == ["SGD 300 ep", "SAM 150 ep", "SAM 200 ep"]
+    assert list(table["epochs"]) == [6, 3, 4] and list(table["n"]) == [1, 1, 1]
+    meta = json.loads((repo / "results" / "gpu" / "headline" / "metrics.json").read_text())
+    assert meta["n_runs"] == meta["n_cached"] == 3
+
+
+@pytest.mark.parametrize("failed, rc, want", [
+    (None, None, ("graph", "threads")),  # check not run
+    ([], 0, ("graph", "threads")),
+    (["tests/test_gpu.py::test_graph_step_equals_eager_step[fp32-sam]"], 1, ("eager", "threads")),
+    (["tests/test_gpu.py::test_graph_steps_in_threads_equal_eager_steps"], 1, ("graph", "serial")),
+    (["tests/test_gpu.py::test_bf16_autocast_sam_close_to_fp32"], 1, ("graph", "threads")),
+    ([], -11, ("eager", "threads")),  # pytest crashed: no test named, trust nothing
+])
+def test_start_reads_what_check_found(failed, rc, want, tmp_path, monkeypatch):
+    import argparse
+    monkeypatch.setattr(hv, "_cuda", lambda: True)
+    if failed is not None:
+        (tmp_path / "check.json").write_text(json.dumps({"tests": {"rc": rc, "failed": failed}}))
+    args = argparse.Namespace(dry_run=False, compile="auto", concurrency="auto")
+    assert hv._choose(args, tmp_path)[:2] == want
+    args = argparse.Namespace(dry_run=False, compile="graph", concurrency="serial")
+    assert hv._choose(args, tmp_path)[:2] == ("graph", "serial")  # asked for: done
