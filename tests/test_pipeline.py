@@ -145,8 +145,10 @@ def test_book_has_every_page_with_figures_and_provenance(built_book):
         html = (built_book / page).read_text()
         assert "Traceback" not in html, f"{page} shows an error output"
         assert "papermill overrides" not in html, f"{page} shows the smoke-test defaults cell"
+        assert "cell_input" not in html, f"{page} shows code (tag its cells remove-input)"
         if page.startswith("studies/"):
             assert "<img" in html, f"{page} has no figure"
+            assert re.search(r'<img[^>]+alt="[^"]{20,}"', html), f"{page}: a figure lacks alt text"
             assert "profile " in html and "commit " in html, f"{page} has no provenance"
 
 
