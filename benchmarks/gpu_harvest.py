@@ -695,8 +695,8 @@ def cmd_ingest(args) -> int:
     print(f"ingest: {where.relative_to(repo)}/ written from {len(study.runs)} cached runs"
           + (":\n" + table.to_string(index=False) if table is not None else ""))
     print("ingest: next: rebuild the headline page (`python -m samkit stage headline`, or "
-          "`dvc repro -f -s headline`): it then points to results/gpu/headline; commit "
-          "results/runs/, results/bench/ and results/gpu/")
+          "`dvc repro -s -f study@headline` to record it in dvc.lock): it then points to "
+          "results/gpu/headline; commit results/runs/, results/bench/ and results/gpu/")
     return 1 if problems else 0
 
 
