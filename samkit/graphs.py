@@ -103,9 +103,6 @@ class _Cuda:
     def current(self):
         return torch.cuda.current_stream()
 
-    def synchronize(self):
-        torch.cuda.synchronize()
-
     def capture(self, step):
         """A graph of one step of ``step`` (a GraphStep) on its static inputs, and its loss."""
         graph = torch.cuda.CUDAGraph()
@@ -164,9 +161,11 @@ class GraphStep:
         key = hyper_key(self.opt)
         captured = self.graphs.get(kind)
         if captured is None or captured.key != key:
-            if captured is not None:
-                BACKEND.synchronize()  # its last replay has finished before its memory goes
-                del self.graphs[kind], captured
+            # The old graph goes first: its memory pool is only marked freeable, and is freed
+            # by the new capture's start (torch.cuda.graph synchronises, then empties the
+            # cache), after its last replay; never while another thread captures (the lock).
+            self.graphs.pop(kind, None)
+            del captured  # the last reference to the old graph
             captured = self.graphs[kind] = self._capture(kind, key)
         captured.graph.replay()  # on the caller's stream
         for name, delta in captured.advance.items():

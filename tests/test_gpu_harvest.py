@@ -131,9 +131,6 @@ class _FakeCuda:
     def current(self):
         return None
 
-    def synchronize(self):
-        pass
-
     def capture(self, step):
         tensors, layout = _state_tensors(step), _state_layout(step)
         key, kind = graphs.hyper_key(step.opt), graphs.step_kind(step.opt)
