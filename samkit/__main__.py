@@ -10,44 +10,11 @@ import sys
 import time
 
 from .stage import PAGES, interrupts_forwarded, params_errors
-from .train import OPTIMIZERS, TrainConfig
-
-_HELP = {
-    "dataset": "fashion_mnist | mnist | cifar10 | synthetic | toy1d",
-    "n_train": "class-balanced training subset size (0 = all)",
-    "n_val": "validation examples carved from the training set (for early stopping)",
-    "n_test": "evaluate on a fixed random test subset of this size (0 = all)",
-    "label_noise": "symmetric label-noise rate in [0, 1)",
-    "augment": "random crop (pad 4) + horizontal flip, on device",
-    "data_seed": "seed of the subset, the validation split and the label noise (-1: --seed)",
-    "model": "preact_resnet18 | mlp | one_hidden_relu",
-    "width": "first-stage channels (ResNet) or hidden units (MLP)",
-    "depth": "number of MLP hidden layers",
-    "prune": "none | random | snip (sparsity at initialisation)",
-    "sparsity": "fraction of prunable weights removed at init, in [0, 1)",
-    "prune_to_width": "prune to the parameter count of the dense model of this width",
-    "optimizer": " | ".join(OPTIMIZERS),
-    "rho": "SAM/ASAM perturbation radius",
-    "sam_interval": "sam/asam/looksam: the SAM ascent (2nd pass) on 1 step in k",
-    "looksam_alpha": "looksam: weight of the reused component between SAM steps",
-    "eta": "ASAM's T = |w| + eta",
-    "lr": "learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
-    "weight_decay": "L2 weight decay", "batch_size": "batch size", "epochs": "epochs",
-    "eval_every": "evaluate and checkpoint every N epochs (and after the last)",
-    "schedule": "step (x0.1 at 50%% and 75%%) | step3 (at 25, 50, 75%%) | cosine | constant",
-    "loss": "auto | ce | mse (auto: ce for classes, mse for regression)",
-    "early_stopping": "report the epoch of best validation accuracy (needs --n-val; default: "
-                      "on with --n-val, off without)",
-    "seed": "model-init and batch-order seed",
-    "hessian_samples": "measure lambda_max, trace, non-uniformity on this many train points",
-    "device": "auto | cpu | cuda | cuda:N", "bf16": "bf16 autocast",
-    "channels_last": "channels_last memory format (ResNet)", "tag": "free-form label",
-}
-
+from .config import HELP, TrainConfig
 
 def _help(name: str) -> str:
     # A field added to TrainConfig without a line here still gets its flag (and the CLI works).
-    return _HELP.get(name, f"TrainConfig.{name}")
+    return HELP.get(name, f"TrainConfig.{name}")
 
 
 def _train_parser(sub):

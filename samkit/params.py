@@ -22,7 +22,7 @@ import re
 import yaml
 
 from .studies import MODULES
-from .train import FIELD_TYPES, TrainConfig, check_field
+from .config import FIELD_TYPES, TrainConfig, check_field
 
 PROFILES = ("quick", "cpu", "gpu")
 STUDIES = MODULES  # the registry: one module per study in samkit/studies/

@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 
 from .atomic import write_json as write_json_atomic
-from .train import TrainConfig, run as train_run
+from .config import TrainConfig
+from .train import run as train_run
 
 
 def expand(base: dict, grid: dict | None = None, arms: list[dict] | None = None) -> list[TrainConfig]:

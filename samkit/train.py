@@ -13,7 +13,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -21,199 +20,13 @@ import torch.nn.functional as F
 from . import data as data_mod
 from . import graphs
 from .bn import bn_frozen
-from .models import MODELS, build_model, count_params
+from .config import TrainConfig  # noqa: F401  (the public name: train.run(TrainConfig(...)))
+from .models import build_model, count_params
 from .sam import SAM, LookSAM, MomentumSAM
 
-# sgd; sam and asam (SAM / adaptive SAM, the ascent every `sam_interval` steps); looksam
-# (LookSAM: SAM every `sam_interval` steps, the reused component in between); msam
-# (Momentum-SAM: ε from the momentum buffer, one pass per step). See samkit.sam.
-OPTIMIZERS = ("sgd", "sam", "asam", "looksam", "msam")
-SCHEDULES = ("step", "step3", "cosine", "constant")
-LOSSES = ("auto", "ce", "mse")
-PRUNE = ("none", "random", "snip")
-REGRESSION_DATASETS = ("synthetic", "toy1d")
-COMPILE = ("eager", "graph")  # graph: the whole step in one CUDA graph (samkit.graphs)
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
 # such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").
 DIVERGENCE_FACTOR = 1e6
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines one run. Its fields are params.yaml's and the CLI's keys."""
-    # data
-    dataset: str = "fashion_mnist"
-    n_train: int = 0             # class-balanced subset size; 0 = the whole training set
-    n_val: int = 0               # validation split (for early stopping); 0 = none
-    n_test: int = 0              # fixed random test subset (same for every run); 0 = all
-    label_noise: float = 0.0     # symmetric noise rate in [0, 1)
-    augment: bool = False        # random crop (pad 4) + horizontal flip, on device
-    data_seed: int = 0           # seeds the subset, the split and the noise; -1: the run's seed
-                                 # (so seeds also resample the data, paired across optimizers)
-    # model
-    model: str = "preact_resnet18"
-    width: int = 16
-    depth: int = 1               # MLP hidden layers
-    prune: str = "none"
-    sparsity: float = 0.0        # fraction of prunable weights removed at init
-    prune_to_width: int = 0      # >0: choose sparsity so nonzero params = dense model at this width
-    # optimisation
-    optimizer: str = "sgd"
-    rho: float = 0.05
-    eta: float = 0.01            # ASAM's T = |w| + eta
-    sam_interval: int = 1        # sam/asam/looksam: the ascent (2nd pass) on 1 step in k
-    looksam_alpha: float = 0.7   # looksam: weight of the reused component between SAM steps
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    epochs: int = 10
-    eval_every: int = 1          # evaluate + checkpoint every k epochs (and at the last one)
-    schedule: str = "step"       # step: ×0.1 at 50% and 75% of the epochs; step3: at 25/50/75%
-    loss: str = "auto"           # auto: cross-entropy for classes, MSE for regression
-    early_stopping: bool = True  # report the epoch of best validation accuracy (needs n_val)
-    seed: int = 0
-    # measurement
-    hessian_samples: int = 0     # >0: λmax, trace, non-uniformity on this many training points
-    # execution (not part of a run's identity)
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    compile: str = "eager"       # graph: each step replayed from ONE CUDA graph (CUDA only)
-    tag: str = ""
-
-    def __post_init__(self):
-        validate_config(self)
-
-    def key_dict(self) -> dict:
-        """The fields that change a run's numbers (cache identity)."""
-        d = dataclasses.asdict(self)
-        # compile: the same kernels in the same order as eager (samkit.graphs), so a graph run
-        # is the eager run on that device and shares its key (as device itself does).
-        for k in ("device", "tag", "compile"):
-            d.pop(k)
-        if self.optimizer == "sgd":   # SGD ignores rho/eta: one cache entry for all values
-            d["rho"] = d["eta"] = 0.0
-        d["data_seed"] = self.effective_data_seed  # -1 and the seed it stands for: one run
-        # Options an optimizer ignores take their default (one cache entry for all values);
-        # eta only for the new optimizers: sam's keys have always held it.
-        if self.optimizer in ("looksam", "msam"):
-            d["eta"] = _DEFAULT_ETA
-        if self.optimizer not in ("sam", "asam", "looksam"):
-            d["sam_interval"] = KEY_OMITTED_AT_DEFAULT["sam_interval"]
-        if self.optimizer != "looksam":
-            d["looksam_alpha"] = KEY_OMITTED_AT_DEFAULT["looksam_alpha"]
-        for k, default in KEY_OMITTED_AT_DEFAULT.items():
-            if d[k] == default:
-                d.pop(k)
-        return d
-
-    @property
-    def effective_data_seed(self) -> int:
-        return self.seed if self.data_seed == -1 else self.data_seed
-
-
-# Fields added after the run cache (results/runs, hours of training) was started. The key of a
-# run hashes key_dict(), so a new field would change the key of every existing config and orphan
-# its cached result: these fields are left out of key_dict() while they hold their default, and
-# a config that existed before them keeps its key (tests/test_train_variants.py checks the
-# committed cache entries). Their defaults are therefore fixed for good: a changed default would
-# give an old key to a run with other numbers. Add every field added from now on here.
-KEY_OMITTED_AT_DEFAULT = {"sam_interval": 1, "looksam_alpha": 0.7}
-_DEFAULT_ETA = 0.01  # TrainConfig.eta's default
-
-
-_CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE, "compile": COMPILE}
-_POSITIVE = ("width", "depth", "lr", "batch_size", "epochs", "eval_every")
-_NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "weight_decay", "seed",
-                 "hessian_samples", "prune_to_width")
-_UNIT = ("label_noise", "sparsity", "momentum")  # in [0, 1) (momentum 1 never forgets)
-FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
-
-
-def check_field(name: str, v) -> None:
-    """Raise ValueError "<name>: got <v>; allowed: <...>" if ``v`` is not valid for ``name``."""
-    if name not in FIELD_TYPES:
-        raise ValueError(f"{name}: unknown key; allowed: {', '.join(FIELD_TYPES)}")
-    kind = FIELD_TYPES[name]
-    want = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
-    if (isinstance(v, bool) and kind != "bool") or not isinstance(v, want):
-        raise ValueError(f"{name}: got {v!r} ({type(v).__name__}); allowed: {_a(kind)}")
-    if kind == "float" and not math.isfinite(v):  # inf passes "> 0"; every run would diverge
-        raise ValueError(f"{name}: got {v!r}; allowed: a finite number")
-    if name in _CHOICES and v not in _CHOICES[name]:
-        raise ValueError(f"{name}: got {v!r}; allowed: {', '.join(_CHOICES[name])}")
-    if name in _POSITIVE and not v > 0:
-        raise ValueError(f"{name}: got {v!r}; allowed: {_a(kind)} > 0")
-    if name in _NON_NEGATIVE and not v >= 0:
-        raise ValueError(f"{name}: got {v!r}; allowed: {_a(kind)} >= 0")
-    if name == "data_seed" and not v >= -1:
-        raise ValueError(f"data_seed: got {v!r}; allowed: an int >= 0, or -1 for the run's seed")
-    if name in _UNIT and not 0 <= v < 1:
-        raise ValueError(f"{name}: got {v!r}; allowed: a number in [0, 1)")
-    if name == "device" and v not in ("auto", "cpu") and not v.startswith("cuda"):
-        raise ValueError(f"device: got {v!r}; allowed: auto, cpu, cuda, cuda:N")
-    if name == "sam_interval" and not v >= 1:
-        raise ValueError(f"sam_interval: got {v!r}; allowed: an int >= 1 (the SAM ascent on one "
-                         "step in k; 1: every step)")
-    if name == "looksam_alpha" and not v >= 0:
-        raise ValueError(f"looksam_alpha: got {v!r}; allowed: a number >= 0 (0: plain steps "
-                         "between LookSAM's SAM steps)")
-
-
-def _a(kind: str) -> str:
-    return {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
-
-
-def validate_config(cfg) -> None:
-    """Every field on its own, then the combinations; the first problem raises ValueError."""
-    for name in FIELD_TYPES:
-        check_field(name, getattr(cfg, name))
-    if cfg.compile == "graph" and cfg.device == "cpu":  # "auto": checked where it resolves
-        graphs.require_cuda(cfg.device)
-    if cfg.optimizer == "msam" and not cfg.momentum > 0:
-        raise ValueError(f"momentum: got {cfg.momentum!r} with optimizer 'msam'; allowed: "
-                         "momentum > 0 (Momentum-SAM perturbs along the momentum buffer)")
-    if cfg.prune == "none" and (cfg.sparsity or cfg.prune_to_width):
-        raise ValueError(f"prune: got 'none' with sparsity={cfg.sparsity}, prune_to_width="
-                         f"{cfg.prune_to_width}; allowed: random, snip (or drop the sparsity)")
-    if cfg.prune != "none" and not (cfg.sparsity or cfg.prune_to_width):
-        raise ValueError(f"sparsity: got 0 with prune={cfg.prune!r}; allowed: sparsity in "
-                         "(0, 1) or prune_to_width > 0")
-    if cfg.dataset in REGRESSION_DATASETS:
-        for name, bad in (("augment", cfg.augment), ("label_noise", cfg.label_noise),
-                          ("model", cfg.model == "preact_resnet18")):
-            if bad:
-                raise ValueError(f"{name}: got {getattr(cfg, name)!r} with dataset "
-                                 f"{cfg.dataset!r} (1-D/vector regression); allowed: "
-                                 + {"augment": "false", "label_noise": "0",
-                                    "model": "mlp, one_hidden_relu"}[name])
-    if cfg.dataset == "toy1d" and (cfg.n_train or cfg.n_val):
-        raise ValueError("n_train: toy1d has a fixed set of 12 points; allowed: n_train 0 "
-                         "and n_val 0")
-    if cfg.prune_to_width and cfg.prune_to_width >= cfg.width:
-        raise ValueError(f"prune_to_width: got {cfg.prune_to_width} for width {cfg.width}; "
-                         "allowed: a width smaller than the model's")
-    # Subsets the dataset can give: caught here, before any data is loaded, rather than inside
-    # a notebook's kernel (n_train) or silently ignored (an n_test above the test set's size
-    # used to mean the whole test set).
-    available, n_test_max = data_mod.split_sizes(cfg.dataset, cfg.n_train or None)
-    where = f"the {cfg.dataset} training set"
-    if available is not None and cfg.dataset != "toy1d":  # toy1d: checked above
-        if cfg.n_train and cfg.n_train + cfg.n_val > available:
-            if cfg.n_val:
-                raise ValueError(f"n_train: got {cfg.n_train} with n_val {cfg.n_val}; allowed: "
-                                 f"n_train + n_val <= {available} ({where})")
-            raise ValueError(f"n_train: got {cfg.n_train}; allowed: at most {available} "
-                             f"({where}), or 0 for all of it")
-        if not cfg.n_train and cfg.n_val >= available:
-            raise ValueError(f"n_val: got {cfg.n_val} with n_train 0 (all the rest); allowed: "
-                             f"n_val < {available} ({where})")
-    if cfg.n_test > n_test_max:
-        raise ValueError(f"n_test: got {cfg.n_test}; allowed: at most {n_test_max} (the "
-                         f"{cfg.dataset} test set), or 0 for all of it")
 
 
 # ----------------------------------------------------------------------------- building blocks

@@ -11,7 +11,7 @@ import json
 import sys
 
 from .sweep import train_missing
-from .train import TrainConfig
+from .config import TrainConfig
 
 
 def main(argv=None) -> int:

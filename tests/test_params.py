@@ -260,3 +260,10 @@ def test_validate_reports_every_problem_of_every_profile_at_once(tmp_path):
     # the anchor &small (width.quick.base) is merged into other quick studies: its bad value
     # shows there too, each place once
     assert len(lines) == len(set(lines))
+
+
+def test_every_config_field_has_its_help_text():
+    """The CLI's help comes from samkit.config.HELP: a new field must say what it does."""
+    from samkit import config
+    missing = [f for f in config.FIELD_TYPES if f not in config.HELP]
+    assert not missing, f"samkit.config.HELP lacks: {missing}"

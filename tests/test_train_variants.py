@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from samkit import params, sweep, train
+from samkit import config, params, sweep, train
 from samkit.train import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,9 +63,9 @@ def test_params_yaml_reports_a_bad_new_field():
 def test_keys_of_existing_configs_are_unchanged(extra, key):
     cfg = TrainConfig(**{**RESEARCH, **extra})
     assert sweep.run_key(cfg) == key
-    assert not set(train.KEY_OMITTED_AT_DEFAULT) & set(cfg.key_dict())
+    assert not set(config.KEY_OMITTED_AT_DEFAULT) & set(cfg.key_dict())
     # spelling out the defaults is the same run
-    same = TrainConfig(**{**RESEARCH, **extra, **train.KEY_OMITTED_AT_DEFAULT})
+    same = TrainConfig(**{**RESEARCH, **extra, **config.KEY_OMITTED_AT_DEFAULT})
     assert sweep.run_key(same) == key
 
 
@@ -157,7 +157,7 @@ def test_grad_evals_are_the_passes_run(kw, evals, one_thread):
     if cfg.optimizer in ("sgd", "sam", "asam") and cfg.sam_interval == 1:
         old = {k: v for k, v in result.items() if k != "grad_evals"}
         old["config"] = {k: v for k, v in result["config"].items()
-                         if k not in train.KEY_OMITTED_AT_DEFAULT}
+                         if k not in config.KEY_OMITTED_AT_DEFAULT}
         assert sweep.to_row(old)["grad_evals"] == evals
 
 
@@ -192,10 +192,10 @@ def test_old_results_derive_grad_evals_exactly():
     """A result of the cpu profile's kind stored before the count existed (no grad_evals, no
     new config fields): epochs x ceil(10000 / 128) steps, x2 for SAM; diverged: its epochs."""
     def old(optimizer, status="ok", diverged_epoch=None, **kw):
-        config = dataclasses.asdict(TrainConfig(**{**RESEARCH, "optimizer": optimizer, **kw}))
-        for k in train.KEY_OMITTED_AT_DEFAULT:
-            config.pop(k)
-        return {"config": config, "status": status, "diverged_epoch": diverged_epoch,
+        stored = dataclasses.asdict(TrainConfig(**{**RESEARCH, "optimizer": optimizer, **kw}))
+        for k in config.KEY_OMITTED_AT_DEFAULT:
+            stored.pop(k)
+        return {"config": stored, "status": status, "diverged_epoch": diverged_epoch,
                 "params": 1, "nonzero_params": 1, "seconds": 1.0}
     assert sweep.to_row(old("sgd"))["grad_evals"] == 60 * 79
     assert sweep.to_row(old("sam"))["grad_evals"] == 2 * 60 * 79
