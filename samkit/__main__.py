@@ -34,7 +34,7 @@ def _train_parser(sub):
     p.add_argument("--checkpoint", help="checkpoint path: written every epoch, resumed if present")
     p.add_argument("--history", action="store_true", help="include the per-epoch history")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--data-root", default=None, help="dataset folder (default $SAMKIT_DATA or ./data)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default $SAMKIT_DATA, else ~/.cache/samkit/data)")
 
 
 def cmd_train(args, parser):

@@ -103,7 +103,16 @@ class Data:
         return tuple(self.x_train.shape[1:])
 
 
-def load_data(name: str, root: str = "data", n_train: int | None = None, n_val: int = 0,
+def default_root() -> str:
+    """Where datasets live: $SAMKIT_DATA, else one per-user cache folder
+    ($XDG_CACHE_HOME/samkit/data, i.e. ~/.cache/samkit/data), whatever the working directory."""
+    if os.environ.get("SAMKIT_DATA"):
+        return os.environ["SAMKIT_DATA"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "samkit", "data")
+
+
+def load_data(name: str, root: str | None = None, n_train: int | None = None, n_val: int = 0,
               label_noise: float = 0.0, noise_seed: int = 0, subset_seed: int = 0,
               download: bool = True) -> Data:
     """Load dataset ``name`` (one of DATASETS) as tensors.
@@ -114,6 +123,7 @@ def load_data(name: str, root: str = "data", n_train: int | None = None, n_val: 
     are replaced by a label drawn uniformly from the *other* classes. Val/test stay clean.
     For "synthetic", ``subset_seed`` is the data seed and ``n_train`` defaults to 500.
     """
+    root = root or default_root()
     _check_args(name, n_train, n_val, label_noise, noise_seed, subset_seed)
     if name == "synthetic":
         return _synthetic(n_train, n_val, subset_seed)

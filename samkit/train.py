@@ -123,7 +123,7 @@ def build(cfg: TrainConfig, data=None):
 
 
 def load_for(cfg: TrainConfig, root: str | None = None):
-    data = data_mod.load_data(cfg.dataset, root=root or os.environ.get("SAMKIT_DATA", "data"),
+    data = data_mod.load_data(cfg.dataset, root=root or data_mod.default_root(),
                               n_train=cfg.n_train or None, n_val=cfg.n_val,
                               label_noise=cfg.label_noise, noise_seed=cfg.effective_data_seed,
                               subset_seed=cfg.effective_data_seed)

@@ -444,3 +444,19 @@ def test_augment_is_deterministic_per_generator_and_checks_args():
         augment(x, torch.Generator(), pad=-1)
     with pytest.raises(ValueError, match="N×C×H×W"):
         augment(x[0], torch.Generator())
+
+
+def test_datasets_live_in_one_per_user_folder_whatever_the_working_directory(monkeypatch,
+                                                                                tmp_path):
+    """Not ./data of wherever a command runs: $SAMKIT_DATA, else $XDG_CACHE_HOME/samkit/data
+    (~/.cache/samkit/data)."""
+    from samkit import data
+    monkeypatch.delenv("SAMKIT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert data.default_root() == str(tmp_path / "cache" / "samkit" / "data")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.default_root() == str(tmp_path / "home" / ".cache" / "samkit" / "data")
+    monkeypatch.setenv("SAMKIT_DATA", "/somewhere")
+    assert data.default_root() == "/somewhere"
