@@ -69,7 +69,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,7 +79,10 @@ from torch import nn
 
 from samkit.bn import bn_frozen
 from samkit.graphs import GraphStep
-from samkit.models import MLP, PreActResNet18, count_params
+from samkit import models
+from samkit.atomic import write_json
+from samkit.models import count_params
+from samkit.provenance import git_commit
 from samkit.sam import SAM, LookSAM, MomentumSAM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,10 +189,10 @@ def parse_model(spec: str):
 
 
 def build_model(spec: str) -> nn.Module:
+    """The package's own model builder (the trainer's models, not copies)."""
     kind, width = parse_model(spec)
-    if kind == "mlp":
-        return MLP(IN_SHAPE[0] * IN_SHAPE[1] * IN_SHAPE[2], [width], NUM_CLASSES)
-    return PreActResNet18(width, in_channels=IN_SHAPE[0], num_classes=NUM_CLASSES)
+    return models.build_model({"mlp": "mlp", "preact18": "preact_resnet18"}[kind], width,
+                              IN_SHAPE, NUM_CLASSES)
 
 
 def _sgd_kwargs():
@@ -369,17 +371,6 @@ def time_config(spec, batch, mode, device, steps, warmup, block, seed=0, variant
 
 # --------------------------------------------------------------------------- provenance, output
 
-def _git_commit():
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    try:
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return git("rev-parse", "--short=12", "HEAD") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -409,15 +400,6 @@ def _loadavg():
         return list(os.getloadavg())
     except OSError:
         return None
-
-
-def write_json_atomic(path: Path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def format_table(results):
@@ -585,14 +567,14 @@ def main(argv=None):
               flush=True)
         # What is measured so far, in case the process is killed (a time limit): --resume
         # goes on from here.
-        write_json_atomic(Path(out), _document(args, argv, name, slug, extra, load_before,
+        write_json(Path(out), _document(args, argv, name, slug, extra, load_before,
                                                t_start, results))
     data = _document(args, argv, name, slug, extra, load_before, t_start, results)
-    write_json_atomic(Path(out), data)
+    write_json(Path(out), data)
     print()
     print(format_table(results))
-    print(f"\nSAM/SGD and ref/SGD: ratios of median step times (floor 2.0: two forward+backward "
-          f"passes); speed-up: ref_sam median / sam median.")
+    print("\nSAM/SGD and ref/SGD: ratios of median step times (floor 2.0: two forward+backward "
+          "passes); speed-up: ref_sam median / sam median.")
     print()
     print(format_ratios(results))
     print(f"\nstep time / SGD step time per variant (sam_k*, looksam_k5: per step over whole "
@@ -624,7 +606,7 @@ def _document(args, argv, name, slug, extra, load_before, t_start, results) -> d
     return {
         "schema": SCHEMA,
         "provenance": {
-            "commit": _git_commit(), "device": name, "device_slug": slug,
+            "commit": git_commit(), "device": name, "device_slug": slug,
             "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -17,6 +17,7 @@ def replacing(path, mode: str = "w"):
     """``with replacing(path) as f: f.write(...)``: ``path`` changes only if the block ends
     without an exception."""
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, mode) as f:

@@ -77,9 +77,12 @@ def test_quick_run_writes_the_documented_schema(quick_run):
 
 
 def test_json_is_written_atomically(tmp_path):
+    """The benchmark writes through samkit.atomic (temp file, fsync, rename)."""
+    from samkit.atomic import write_json
+    assert st.write_json is write_json
     path = tmp_path / "sub" / "x.json"
-    st.write_json_atomic(path, {"a": 1})
-    st.write_json_atomic(path, {"a": 2})
+    write_json(path, {"a": 1})
+    write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left
 
