@@ -169,11 +169,16 @@ def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
         ax.yaxis.set_minor_locator(plt.NullLocator())
         ax.text(0.01, 0.01, "y: linear within ±1 pp, logarithmic beyond", fontsize=7,
                 color="0.4", transform=ax.transAxes)
-    ax.set_xlabel(xlabel or x)
+    return _label(fig, ax, xlabel or x, ylabel, title, hue is not None, meta, alt)
+
+
+def _label(fig, ax, xlabel, ylabel, title, legend, meta, alt):
+    """Axis labels, title, legend, the provenance stamp and the alt text (the line plots')."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if hue is not None:
+    if legend:
         ax.legend(fontsize=8, loc="best", frameon=True)
     if meta is not None:
         stamp(fig, meta)
@@ -245,14 +250,4 @@ def levels_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
     ax.xaxis.set_minor_locator(plt.NullLocator())
     if log and np.isfinite(table["estimate"].to_numpy(float)).any():  # nothing to scale if all
         ax.set_yscale("log")                                           # runs diverged
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if hue is not None:
-        ax.legend(fontsize=8, loc="best", frameon=True)
-    if meta is not None:
-        stamp(fig, meta)
-    if alt:
-        fig.alt_text = alt
-    return fig
+    return _label(fig, ax, xlabel or x, ylabel, title, hue is not None, meta, alt)

@@ -119,19 +119,13 @@ def _execute(src, tmp, parameters, verbose, stop) -> str | None:
     return outcome.get("error")
 
 
-class _stop_on_signals:
-    """While active, SIGINT and SIGTERM (unless ignored when we started, as for a background
-    job) record the signal instead of raising; ``stop_kernels`` then interrupts the process
-    groups of this process's kernels, and kills them STOP_GRACE_S later or at a second
-    signal."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+class _SignalCatcher:
+    """While active, SIGINT and SIGTERM go to ``self._handler`` (unless ignored when we
+    started, as for a background job); the previous handlers come back on exit."""
 
     def __enter__(self):
-        self.signum, self.count, self.since = None, 0, None
-        self._sent = {}  # pgid -> signal sent
-        self._old = {}
-        for sig in self.SIGNALS:
+        self.signum, self._old = None, {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 self._old[sig] = signal.signal(sig, self._handler)
         return self
@@ -139,6 +133,17 @@ class _stop_on_signals:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class _stop_on_signals(_SignalCatcher):
+    """SIGINT and SIGTERM record the signal instead of raising; ``stop_kernels`` then
+    interrupts the process groups of this process's kernels, and kills them STOP_GRACE_S
+    later or at a second signal."""
+
+    def __enter__(self):
+        self.count, self.since = 0, None
+        self._sent = {}  # pgid -> signal sent
+        return super().__enter__()
 
     def _handler(self, signum, frame):
         self.count += 1
@@ -181,22 +186,11 @@ def _kernel_groups() -> list[int]:
     return [pid for pid, pgid in _children() if pid == pgid]
 
 
-class interrupts_forwarded:
+class interrupts_forwarded(_SignalCatcher):
     """For `samkit sweep`: SIGINT or SIGTERM raises KeyboardInterrupt here and reaches the
     worker processes too. A Ctrl-C at the terminal already reaches them (one process group);
     a signal sent to this process alone would not, and the sweep would wait for workers that
     train on, so it is forwarded, unless it came from the terminal to the whole group."""
-
-    def __enter__(self):
-        self.signum, self._old = None, {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
     def _handler(self, signum, frame):
         first = self.signum is None
