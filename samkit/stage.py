@@ -101,8 +101,11 @@ def _execute(src, tmp, parameters, verbose, stop) -> str | None:
 
     def target():
         try:
+            # log_level: the kernel's own chatter ("Kernel is running over TCP ...") is noise
+            # on the terminal of `dvc repro`; its errors still show.
             papermill.execute_notebook(src, tmp, parameters=parameters, kernel_name="python3",
-                                       cwd=".", progress_bar=False, log_output=verbose)
+                                       cwd=".", progress_bar=False, log_output=verbose,
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except papermill.PapermillExecutionError as e:
             outcome["error"] = f"notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}"
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
