@@ -24,17 +24,18 @@ with open(os.path.join(REPO, "dvc.yaml")) as _f:
 
 def test_every_study_has_its_module_params_notebook_stage_and_page():
     """The registry (samkit.studies.MODULES) is the list of studies: each has its module, a
-    params.yaml block per profile, its notebook, the dvc.yaml template's stage and a book
-    page, unless it is listed in dvc.yaml as trained later (frontier)."""
+    params.yaml block per profile and its notebook; each is either published (the dvc.yaml
+    template's stage and a book page) or queued (its cpu runs still training)."""
     from samkit import studies
     with open(os.path.join(REPO, "dvc.yaml")) as f:
         spec = yaml.safe_load(f)
-    staged = spec["vars"][0]["studies"]
+    queued = spec["vars"][1]["queued"]
     template = spec["stages"]["study"]
     assert template["foreach"] == "${studies}"
     assert template["do"]["cmd"] == "python -m samkit stage ${item}"
     assert {"samkit/studies/${item}.py", "notebooks/${item}.ipynb"} <= set(template["do"]["deps"])
     assert template["do"]["params"] == ["profile", "${item}.${profile}"]  # exact keys
+    assert sorted(STAGED + queued) == sorted(studies.MODULES)
     raw = params.load(os.path.join(REPO, "params.yaml"))
     with open(os.path.join(REPO, "book", "_toc.yml")) as f:
         toc = f.read()
@@ -42,10 +43,7 @@ def test_every_study_has_its_module_params_notebook_stage_and_page():
         assert hasattr(studies.module(study), "analyze")
         assert set(raw[study]) == set(params.PROFILES), study
         assert os.path.exists(os.path.join(REPO, "notebooks", f"{study}.ipynb")), study
-        if study == "frontier":   # its cpu runs train in the background before it joins
-            continue
-        assert study in staged, f"{study}: no dvc stage"
-        assert f"studies/{study}" in toc, f"{study}: no book page"
+        assert (f"studies/{study}" in toc) == (study in STAGED), f"{study}: book page"
     assert spec["stages"]["book"]["cmd"].startswith("jupyter-book build book/")
 
 
@@ -89,26 +87,25 @@ def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
         subprocess.run(["git", "config", key, value], cwd=work, check=True)
     dvc = os.path.join(BIN, "dvc")
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
-    r = subprocess.run([dvc, "exp", "run", "study@simplicity", "-S",
-                        "simplicity.cpu.grid.seed=[0]",
-                        "-S", "simplicity.cpu.base.epochs=2000", "-n", "one-seed"], cwd=work,
-                       env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([dvc, "exp", "run", "study@width", "-S", "width.cpu.grid.seed=[0]",
+                        "-S", "width.cpu.grid.width=[8,16]", "-S", "width.cpu.base.epochs=3",
+                        "-n", "small"], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "Running stage 'study@simplicity'" in r.stdout
-    assert "Running stage 'study@width'" not in r.stdout
+    assert "Running stage 'study@width'" in r.stdout
+    assert "Running stage 'study@headline'" not in r.stdout   # only the edited study reruns
     r = subprocess.run([dvc, "exp", "show", "--json"], cwd=work, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     (base,) = [e for e in json.loads(r.stdout) if e.get("experiments")]  # the cloned commit
-    (exp,) = [x["revs"][0]["data"] for x in base["experiments"] if x["name"] == "one-seed"]
-    grid = exp["params"]["params.yaml"]["data"]["simplicity"]["cpu"]["grid"]
-    assert grid["seed"] == [0]
-    assert exp["params"]["params.yaml"]["data"]["simplicity"]["cpu"]["base"]["epochs"] == 2000
-    metrics = exp["metrics"]["results/cpu/dvc_metrics/simplicity.json"]["data"]
-    committed = base["data"]["metrics"]["results/cpu/dvc_metrics/simplicity.json"]["data"]
-    seeds = params.load(os.path.join(REPO, "params.yaml"))["simplicity"]["cpu"]["grid"]["seed"]
-    assert metrics["n_runs"] * len(seeds) == committed["n_runs"]  # one seed of each run
-    assert "claims.widest.verdict" in metrics
+    (exp,) = [x["revs"][0]["data"] for x in base["experiments"] if x["name"] == "small"]
+    grid = exp["params"]["params.yaml"]["data"]["width"]["cpu"]["grid"]
+    assert grid["seed"] == [0] and grid["width"] == [8, 16]
+    assert exp["params"]["params.yaml"]["data"]["width"]["cpu"]["base"]["epochs"] == 3
+    metrics = exp["metrics"]["results/cpu/dvc_metrics/width.json"]["data"]
+    committed = base["data"]["metrics"]["results/cpu/dvc_metrics/width.json"]["data"]
+    assert metrics["n_runs"] == 4 and committed["n_runs"] == 96   # 2 widths x sgd, sam
+    assert "claims.mlp.widest.verdict" in metrics and "claims.mlp.widest.verdict" in committed
 
 
 @pytest.mark.slow
