@@ -109,6 +109,22 @@ def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_no_op_dvc_repro_changes_no_tracked_file(tmp_path):
+    """On a fresh clone, `dvc repro` reruns no study (the committed results are current),
+    rebuilds the book, and leaves git status clean (dvc.lock included)."""
+    work = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", REPO, str(work)], check=True, timeout=120)
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
+    r = subprocess.run([os.path.join(BIN, "dvc"), "repro"], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Running stage 'study@" not in r.stdout and "Running stage 'summary'" not in r.stdout
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=work, capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "", status
+
+
+@pytest.mark.slow
 def test_notebooks_run_on_tiny_parameters(tmp_path, fmnist_root):
     """nbval executes each notebook with its parameters cell's smoke defaults."""
     work = tmp_path / "notebooks"
@@ -187,7 +203,7 @@ def _screenshot(url, out, attempts=2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["intro.html", "studies/width.html"])
+@pytest.mark.parametrize("page", ["intro.html", "studies/width.html", "studies/headline.html"])
 def test_browser_renders_figures(built_book, tmp_path, page):
     # index.html is Jupyter Book's meta-refresh to the root page: headless Chromium exits on the
     # redirect without a screenshot, so the front page is shot directly and the redirect checked.
