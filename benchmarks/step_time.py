@@ -83,7 +83,8 @@ from samkit import models
 from samkit.atomic import write_json
 from samkit.models import count_params
 from samkit.provenance import git_commit
-from samkit.sam import SAM, LookSAM, MomentumSAM
+from samkit.sam import SAM
+from samkit.sam_variants import LookSAM, MomentumSAM
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "samkit.bench.step_time/1"

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 
 from .bn import bn_frozen
-from .sam import SAM, MomentumSAM
+from .sam import SAM
+from .sam_variants import MomentumSAM
 
 WARMUP = 3  # eager steps of a kind before it is captured
 COUNTERS = ("_sam_steps", "grad_evals")  # Python-side state a SAM-family step advances

@@ -22,7 +22,8 @@ from . import graphs
 from .bn import bn_frozen
 from .config import TrainConfig  # noqa: F401  (the public name: train.run(TrainConfig(...)))
 from .models import build_model, count_params
-from .sam import SAM, LookSAM, MomentumSAM
+from .sam import SAM
+from .sam_variants import LookSAM, MomentumSAM
 
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
 # such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").

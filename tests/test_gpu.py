@@ -18,7 +18,8 @@ from torch import nn
 from samkit import train
 from samkit.bn import bn_frozen
 from samkit.graphs import GraphStep
-from samkit.sam import SAM, LookSAM, MomentumSAM
+from samkit.sam import SAM
+from samkit.sam_variants import LookSAM, MomentumSAM
 from samkit.train import TrainConfig
 
 pytestmark = [pytest.mark.gpu,
