@@ -111,8 +111,8 @@ def _list(table: pd.DataFrame, verdict: str) -> str:
 
 
 def _cost(compute: dict | None, bench: str = "results/bench") -> str:
-    """What SAM costs: exact gradient evaluations from the compute study's runs, the step-time
-    ratio from the benchmark (timed in isolation), the runs' measured training-time ratio."""
+    """What SAM costs: exact gradient evaluations from the compute study's runs and the
+    step-time ratio from the benchmark (timed in isolation, interleaved with SGD)."""
     from .results import benchmark_table, load_benchmarks
     table = benchmark_table(load_benchmarks(bench)[0])
     step = (f"a SAM step takes {table['SAM/SGD'].min():.2f}–{table['SAM/SGD'].max():.2f}× an "
@@ -120,9 +120,10 @@ def _cost(compute: dict | None, bench: str = "results/bench") -> str:
     if compute is None:
         return step + " (the compute study has no results)"
     f = compute["metrics"]["facts"]
+    # The runs' own training times are not quoted here: they were measured while other jobs
+    # shared the machine (the compute page shows them, with that caveat).
     return (f"SAM spends {f.get('grad_evals_ratio', 'n/a')} the gradient evaluations of SGD "
-            f"for the same epochs; {step}; its training runs took {f.get('time_ratio_widest')} "
-            "the time of SGD's at the widest model (measured beside other jobs)")
+            f"for the same epochs, and {step}")
 
 
 def advice(table: pd.DataFrame) -> list[str]:

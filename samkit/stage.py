@@ -345,19 +345,21 @@ def _restore_dead_backups(study: str) -> None:
 
 
 def _hide_default_parameters(path):
-    """The book shows papermill's injected cell (the values used); the notebook's own defaults
-    cell (a tiny smoke test) would only mislead there, so Jupyter Book is told to drop it."""
+    """No code on the book's pages: the notebook's own defaults cell (a tiny smoke test) would
+    mislead there, and the values it ran with are papermill's injected cell, which stays in
+    the executed notebook (and papermill's metadata) but is not shown either; each page ends
+    with its provenance instead."""
     import nbformat
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if "parameters" in tags and "remove-cell" not in tags:
+        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
             tags.append("remove-cell")
     nbformat.write(nb, path)
 
 
 # Pages that are not studies: the front page (all studies' verdicts) and the benchmarks.
 PAGES = {"summary": os.path.join("book", "intro.ipynb"),
-                  "performance": os.path.join("book", "performance.ipynb")}
+         "performance": os.path.join("book", "performance.ipynb")}
 
 

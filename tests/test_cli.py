@@ -38,7 +38,7 @@ def test_bad_flag_value_is_one_line_and_exit_2():
     assert r.returncode == 2 and "rho: got -1.0; allowed: a number >= 0" in r.stderr
 
 
-def test_book_copy_drops_the_defaults_cell_and_keeps_the_injected_values(tmp_path):
+def test_book_copy_hides_both_parameter_cells_and_keeps_the_injected_values(tmp_path):
     import nbformat
     from samkit.stage import _hide_default_parameters
     nb = nbformat.v4.new_notebook(cells=[
@@ -48,8 +48,10 @@ def test_book_copy_drops_the_defaults_cell_and_keeps_the_injected_values(tmp_pat
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
     _hide_default_parameters(path)
-    tags = [c.metadata.get("tags", []) for c in nbformat.read(path, as_version=4).cells]
-    assert tags == [["parameters", "remove-cell"], ["injected-parameters"], []]
+    cells = nbformat.read(path, as_version=4).cells
+    assert [c.metadata.get("tags", []) for c in cells] == [
+        ["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], []]
+    assert cells[1].source == 'profile = "cpu"'   # the values used stay in the notebook
 
 
 def test_values_that_would_waste_or_wreck_a_run_are_refused_before_any_work():
