@@ -43,3 +43,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def interrupt_run(cfg, ckpt, monkeypatch, at_epoch: int = 2) -> dict:
+    """Train ``cfg`` with checkpoints at ``ckpt`` and kill it (KeyboardInterrupt) as epoch
+    ``at_epoch`` starts; returns the checkpoint it left."""
+    from samkit import train
+    real_epoch = train.train_epoch
+
+    def dying_epoch(cfg, model, opt, loss_fn, data, epoch, *args, **kwargs):
+        if epoch == at_epoch:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(cfg, model, opt, loss_fn, data, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, checkpoint=ckpt)
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    return torch.load(ckpt, weights_only=False)

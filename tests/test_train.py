@@ -7,6 +7,7 @@ import types
 import pytest
 import torch
 
+from conftest import interrupt_run
 from samkit import train
 from samkit.train import TrainConfig
 
@@ -35,18 +36,7 @@ def test_resume_after_interruption_is_exact(fmnist_root, tmp_path, monkeypatch, 
                                                              perf_counter=lambda: next(ticks)))
     reference = train.run(cfg)
     ckpt = str(tmp_path / "run.ckpt")
-    real_epoch = train.train_epoch
-
-    def dying_epoch(cfg, model, opt, loss_fn, data, epoch, progress=None):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return real_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
-
-    monkeypatch.setattr(train, "train_epoch", dying_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, checkpoint=ckpt)
-    monkeypatch.setattr(train, "train_epoch", real_epoch)
-    state = torch.load(ckpt, weights_only=False)
+    state = interrupt_run(cfg, ckpt, monkeypatch)
     assert state["epoch"] == 2
     resumed = train.run(cfg, checkpoint=ckpt)
     assert strip_time(resumed) == strip_time(reference)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import interrupt_run
 from samkit import config, params, sweep, train
 from samkit.train import TrainConfig
 
@@ -218,18 +219,7 @@ def test_resume_is_exact_for_the_variants(kw, tmp_path, monkeypatch, one_thread)
     strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds")}
     reference = train.run(cfg)
     ckpt = str(tmp_path / "run.ckpt")
-    real_epoch = train.train_epoch
-
-    def dying_epoch(cfg, model, opt, loss_fn, data, epoch, progress=None):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return real_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
-
-    monkeypatch.setattr(train, "train_epoch", dying_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, checkpoint=ckpt)
-    monkeypatch.setattr(train, "train_epoch", real_epoch)
-    state = torch.load(ckpt, weights_only=False)
+    state = interrupt_run(cfg, ckpt, monkeypatch)
     assert state["epoch"] == 2
     assert state["grad_evals"] == train.derived_grad_evals(cfg, 2)
     resumed = train.run(cfg, checkpoint=ckpt)
@@ -241,18 +231,7 @@ def test_a_checkpoint_older_than_the_count_resumes_with_the_derived_count(tmp_pa
     cfg = TrainConfig(**{**SYN, "epochs": 4}, optimizer="sam")
     reference = train.run(cfg)
     ckpt = str(tmp_path / "run.ckpt")
-    real_epoch = train.train_epoch
-
-    def dying_epoch(cfg, model, opt, loss_fn, data, epoch, progress=None):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return real_epoch(cfg, model, opt, loss_fn, data, epoch, progress)
-
-    monkeypatch.setattr(train, "train_epoch", dying_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, checkpoint=ckpt)
-    monkeypatch.setattr(train, "train_epoch", real_epoch)
-    state = torch.load(ckpt, weights_only=False)
+    state = interrupt_run(cfg, ckpt, monkeypatch)
     del state["grad_evals"]              # as written by the trainer before it counted
     del state["optimizer"]["sam"]        # and by SAM before it kept its own state
     torch.save(state, ckpt)
