@@ -125,11 +125,14 @@ def debris(work):
                   + glob.glob(str(work / ".stage.tmp.*")))
 
 
-def start(work, *cmd, code=None):
+def start(work, *cmd, code=None, shell=None):
     """``cmd`` in ``work``, in a process group of its own (as a terminal's foreground job),
-    with samkit from ``code`` (default: ``work``, the clone)."""
+    with samkit from ``code`` (default: ``work``, the clone) and ``$SHELL`` set to ``shell``."""
     log = open(work.parent / f"{Path(cmd[0]).name}-{time.time_ns()}.log", "w+")
-    proc = subprocess.Popen(list(cmd), cwd=work, env=_env(code or work), stdout=log,
+    env = _env(code or work)
+    if shell:
+        env["SHELL"] = shell
+    proc = subprocess.Popen(list(cmd), cwd=work, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = log
     return proc
@@ -239,7 +242,9 @@ def test_sigkill_leaves_the_outputs_and_the_next_start_cleans_up(work):
 @pytest.mark.slow
 def test_ctrl_c_stops_dvc_repro_within_seconds_and_leaves_a_resumable_checkpoint(work):
     before = snapshot(work)
-    proc = start(work, "dvc", "repro", f"study@{STUDY}")
+    # SHELL=/bin/sh: DVC runs cmd through it, and dash (unlike bash) forks instead of
+    # exec'ing a lone command; a shell left between DVC and the stage dies at Ctrl-C.
+    proc = start(work, "dvc", "repro", f"study@{STUDY}", shell="/bin/sh")
     wait_mid_run(work, proc)
     t0 = time.time()
     os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C in a terminal does

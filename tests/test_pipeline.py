@@ -32,7 +32,7 @@ def test_every_study_has_its_module_params_notebook_stage_and_page():
     queued = spec["vars"][1]["queued"]
     template = spec["stages"]["study"]
     assert template["foreach"] == "${studies}"
-    assert template["do"]["cmd"] == "python -m samkit stage ${item}"
+    assert template["do"]["cmd"] == "exec python -m samkit stage ${item}"
     assert {"samkit/studies/${item}.py", "notebooks/${item}.ipynb"} <= set(template["do"]["deps"])
     assert template["do"]["params"] == ["profile", "${item}.${profile}"]  # exact keys
     assert sorted(STAGED + queued) == sorted(studies.MODULES)
