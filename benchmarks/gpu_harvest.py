@@ -129,7 +129,7 @@ def _data_root(args) -> str:
 def _prepare_data(args) -> str:
     """Unpack the Fashion-MNIST .gz files (--gz, default ./.fmnist if present) into the data
     root, where samkit.data finds them (it checks their sha256 when it loads them)."""
-    from samkit import data as data_mod
+    from samkit import image_files as data_mod
     root = Path(_data_root(args))
     gz = args.gz or (str(REPO / ".fmnist") if (REPO / ".fmnist").is_dir() else None)
     if gz:

@@ -603,18 +603,25 @@ def _kept_results(out: Path, args) -> dict:
             if "error" not in r}
 
 
+def bench_provenance(argv, name, slug, extra, load_before, t_start, **more) -> dict:
+    """What produced a benchmark JSON (shared by every script here): code, device, versions,
+    threads, the load average around the run (timings are only as good as the load), wall
+    time and the arguments."""
+    return {
+        "commit": git_commit(), "device": name, "device_slug": slug,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_before": load_before, "loadavg_after": _loadavg(),
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "argv": sys.argv[1:] if argv is None else list(argv), **extra, **more,
+    }
+
+
 def _document(args, argv, name, slug, extra, load_before, t_start, results) -> dict:
     return {
         "schema": SCHEMA,
-        "provenance": {
-            "commit": git_commit(), "device": name, "device_slug": slug,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "loadavg_before": load_before, "loadavg_after": _loadavg(),
-            "wall_s": round(time.perf_counter() - t_start, 1),
-            "argv": sys.argv[1:] if argv is None else list(argv), **extra,
-        },
+        "provenance": bench_provenance(argv, name, slug, extra, load_before, t_start),
         "settings": {
             "steps": args.steps, "warmup": args.warmup, "block": args.block,
             "statistic": "median over repetitions of (block time / steps in the block) per "

@@ -9,7 +9,8 @@ import signal
 import sys
 import time
 
-from .stage import PAGES, interrupts_forwarded, params_errors
+from .signals import interrupts_forwarded
+from .stage import PAGES, params_errors
 from .config import HELP, TrainConfig
 
 def _help(name: str) -> str:

@@ -13,6 +13,11 @@ def pct(x) -> str:
     return f"{100 * x:.2f}%" if _ok(x) else "n/a"
 
 
+def rate(p) -> str:
+    """A rate set in a config, as short as it was written: 0.4 -> '40%', 0.05 -> '5%'."""
+    return f"{100 * p:g}%"
+
+
 def pp(est, low=None, high=None) -> str:
     """A difference of fractions in percentage points with its CI: '+0.84 pp [+0.31, +1.37]'."""
     if not _ok(est):

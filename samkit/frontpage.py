@@ -100,7 +100,7 @@ def answer(profile: str, root: str = "results") -> dict:
         "supported": _list(table, "supports"), "contradicted": _list(table, "contradicts"),
         "unresolved": _list(table, "cannot tell"),
         "cost": _cost(done.get("compute")),
-        "advice": advice(table),
+        "advice": advice(table) + equal_compute(done.get("frontier")),
     }
     return out
 
@@ -139,6 +139,28 @@ def advice(table: pd.DataFrame) -> list[str]:
         r = row.iloc[0]
         lines.append(by_verdict[r["verdict"]].format(shown=r["shown"]))
     return lines
+
+
+def equal_compute(frontier: dict | None) -> list[str]:
+    """The frontier study's line of advice: in each setting (width x label noise) the cheapest
+    method whose mean test accuracy is within delta of the best method's. A point rule on
+    the means (the page's paired CIs say how sure each step is); [] without frontier results."""
+    if frontier is None:
+        return []
+    facts = frontier["metrics"]["facts"]
+    picks: dict[str, list[str]] = {}
+    for cell in facts["cells"].split(", "):
+        f = facts[cell]
+        picks.setdefault(f["cheapest_method"], []).append(f"width {f['width']} with "
+                                                          f"{f['noise']} label noise")
+    rule = (f"the cheapest method within {facts['delta_shown']} of the best mean test "
+            "accuracy, counting gradient evaluations")
+    if len(picks) == 1:
+        (method, where), = picks.items()
+        return [f"At equal compute, use {method}: in every setting tested ({'; '.join(where)}) "
+                f"it is {rule}."]
+    parts = "; ".join(f"{m} at {' and at '.join(w)}" for m, w in picks.items())
+    return [f"At equal compute, use {parts}: in each setting that is {rule}."]
 
 
 def forest(table: pd.DataFrame):

@@ -16,13 +16,13 @@ gpu block is found on a laptop, before a GPU is booked.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 
 import yaml
 
 from .studies import MODULES
 from .config import FIELD_TYPES, TrainConfig, check_field
+from .yaml_checks import number_hint, safe_load_unique
 
 PROFILES = ("quick", "cpu", "gpu")
 STUDIES = MODULES  # the registry: one module per study in samkit/studies/
@@ -49,58 +49,17 @@ class ParamsError(ValueError):
 
 # ----------------------------------------------------------------------------- reading
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (plain yaml.safe_load
-    keeps the last one silently). Merge keys (``<<: *anchor``) are not duplicates: the keys
-    written beside them override the merged ones, as YAML intends."""
-
-    def construct_document(self, node):
-        self.duplicates = []
-        self._find_duplicates(node, "", set())
-        return super().construct_document(node)
-
-    def _find_duplicates(self, node, path, seen_nodes):
-        if id(node) in seen_nodes:  # an alias: its anchor was checked where it was defined
-            return
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    self._find_duplicates(value_node, path, seen_nodes)
-                    continue
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                where = f"{path}.{key}" if path else str(key)
-                if key is not None:
-                    if key in first:
-                        what = "section" if not path else "key"
-                        self.duplicates.append(
-                            (key_node.start_mark.line + 1,
-                             f"{where}: duplicate {what} (first at line {first[key]}); "
-                             f"allowed: each {what} once"))
-                    else:
-                        first[key] = key_node.start_mark.line + 1
-                self._find_duplicates(value_node, where, seen_nodes)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._find_duplicates(item, f"{path}[{i}]", seen_nodes)
-
-
 def load(path: str = "params.yaml") -> dict:
     """Parse and validate the whole file; returns the raw dict. Raises ParamsError with every
     problem found (duplicate keys, bad values in any profile, bad combinations)."""
     try:
         with open(path) as f:
-            loader = _UniqueKeyLoader(f)
-            try:
-                params = loader.get_single_data()
-            finally:
-                loader.dispose()
+            params, duplicates = safe_load_unique(f)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    problems = [f"{path}:{line}: {msg}" for line, msg in sorted(loader.duplicates)]
+    problems = [f"{path}:{line}: {msg}" for line, msg in sorted(duplicates)]
     try:
         validate(params)
     except ParamsError as e:
@@ -168,10 +127,21 @@ def _profile_configs(problems: list, name: str, profile: str, spec) -> list[Trai
     before = len(problems)
     if not _mapping(problems, path, spec, SECTION_KEYS):
         return []
+    base, grid, arms, bad = _checked_fields(problems, path, spec)
+    _check_runs(problems, name, path, base, grid, arms, bad)
+    if len(problems) > before:
+        return []
+    from .sweep import expand
+    return expand(base, grid, spec.get("arms"))
+
+
+def _checked_fields(problems: list, path: str, spec: dict):
+    """Check every value of the block's base, grid and arms on its own. Returns (base, grid,
+    arms, bad): base and grid ({} when not a mapping), the arms that are mappings (None when
+    there are none) and the keys with a bad value somewhere in the block."""
     base = spec.get("base") or {}
     grid = spec.get("grid") or {}
-    arms = spec.get("arms")
-    bad = set()  # keys with a bad value somewhere in the block
+    bad = set()
     if _mapping(problems, f"{path}.base", base, None):
         for k, v in base.items():
             if not _field(problems, f"{path}.base.{k}", k, v):
@@ -184,56 +154,69 @@ def _profile_configs(problems: list, name: str, profile: str, spec) -> list[Trai
                 bad.add(k)
     else:
         grid = {}
-    good_arms = None
-    if arms is not None:
-        if not isinstance(arms, list) or not arms:
-            problems.append(f"{path}.arms: got {arms!r}; allowed: a non-empty list of mappings")
-        else:
-            good_arms = []
-            for i, arm in enumerate(arms):
-                if not _mapping(problems, f"{path}.arms[{i}]", arm, None):
-                    continue
-                good_arms.append(arm)
-                for k, v in arm.items():
-                    ok = (_axis(problems, f"{path}.arms[{i}].{k}", k, v) if isinstance(v, list)
-                          else _field(problems, f"{path}.arms[{i}].{k}", k, v))
-                    if not ok:
-                        bad.add(k)
-    # Every run of the block as a whole: a combination of valid fields can still be impossible
-    # (n_train + n_val beyond the dataset), or lack what the study needs. Keys already reported
-    # are left out (their defaults stand in), and so are the problems that would involve them.
+    return base, grid, _checked_arms(problems, path, spec.get("arms"), bad), bad
+
+
+def _checked_arms(problems: list, path: str, arms, bad: set):
+    """The arms that are mappings (None: no arms, or not a non-empty list), each value checked
+    (a list is an axis); the keys of bad values are added to ``bad``."""
+    if arms is None:
+        return None
+    if not isinstance(arms, list) or not arms:
+        problems.append(f"{path}.arms: got {arms!r}; allowed: a non-empty list of mappings")
+        return None
+    good_arms = []
+    for i, arm in enumerate(arms):
+        if not _mapping(problems, f"{path}.arms[{i}]", arm, None):
+            continue
+        good_arms.append(arm)
+        for k, v in arm.items():
+            where = f"{path}.arms[{i}].{k}"
+            ok = (_axis(problems, where, k, v) if isinstance(v, list)
+                  else _field(problems, where, k, v))
+            if not ok:
+                bad.add(k)
+    return good_arms
+
+
+def _check_runs(problems: list, name: str, path: str, base, grid, arms, bad: set) -> None:
+    """Every run of the block as a whole: a combination of valid fields can still be impossible
+    (n_train + n_val beyond the dataset), or lack what the study needs. Keys already reported
+    are left out (their defaults stand in), and so are the problems that would involve them.
+    Each problem is appended once, however many runs share it."""
     seen = set()
     base = {k: v for k, v in base.items() if k not in bad}
     grid = {k: v for k, v in grid.items() if k not in bad}
-    arms_ok = [{k: v for k, v in arm.items() if k not in bad} for arm in good_arms or []]
+    arms_ok = [{k: v for k, v in arm.items() if k not in bad} for arm in arms or []]
     for kwargs in _combinations(base, grid, arms_ok or None):
-        msgs, skip = [], set(bad)
-        for key, (ok, allowed) in REQUIRED.get(name, {}).items():
-            value = kwargs.get(key, TrainConfig.__dataclass_fields__[key].default)
-            if key not in bad and not ok(value):
-                set_by = "" if key in kwargs else " (the default)"
-                msgs.append(f"{key}: got {value!r}{set_by}; allowed: {allowed}")
-        while True:  # TrainConfig names the first problem: drop its key and look for more
-            try:
-                TrainConfig(**kwargs)
-                break
-            except ValueError as e:
-                msg = str(e)
-                key = msg.split(":", 1)[0]
-                if not any(re.search(rf"\b{k}\b", msg) for k in skip):
-                    msgs.append(msg)
-                if key not in kwargs:
-                    break
-                skip.add(key)
-                kwargs = {k: v for k, v in kwargs.items() if k != key}
-        for msg in msgs:
+        for msg in _run_problems(name, kwargs, bad):
             if msg not in seen:
                 seen.add(msg)
                 problems.append(f"{path}: {msg}")
-    if len(problems) > before:
-        return []
-    from .sweep import expand
-    return expand(base, grid, arms)
+
+
+def _run_problems(name: str, kwargs: dict, bad: set) -> list[str]:
+    """What is wrong with one run's fields: what the study requires of it, then every problem
+    TrainConfig finds (it names only the first: drop that key and ask again)."""
+    msgs, skip = [], set(bad)
+    for key, (ok, allowed) in REQUIRED.get(name, {}).items():
+        value = kwargs.get(key, TrainConfig.__dataclass_fields__[key].default)
+        if key not in bad and not ok(value):
+            set_by = "" if key in kwargs else " (the default)"
+            msgs.append(f"{key}: got {value!r}{set_by}; allowed: {allowed}")
+    while True:
+        try:
+            TrainConfig(**kwargs)
+            return msgs
+        except ValueError as e:
+            msg = str(e)
+            key = msg.split(":", 1)[0]
+            if not any(re.search(rf"\b{k}\b", msg) for k in skip):
+                msgs.append(msg)
+            if key not in kwargs:
+                return msgs
+            skip.add(key)
+            kwargs = {k: v for k, v in kwargs.items() if k != key}
 
 
 def _combinations(base: dict, grid: dict, arms):
@@ -266,41 +249,9 @@ def _field(problems, path, key, value) -> bool:
         check_field(key, value)
     except ValueError as e:
         msg = str(e).split(": ", 1)[1]
-        problems.append(f"{path}: {msg}{_yaml_hint(key, value)}")
+        problems.append(f"{path}: {msg}{number_hint(value, FIELD_TYPES.get(key))}")
         return False
     return True
-
-
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _yaml_hint(key, value) -> str:
-    """Why a number came out of YAML as a string, and how to write it: YAML 1.1 (PyYAML) reads
-    ``1e-3`` as a string (its floats need a dot, and a signed exponent)."""
-    if not isinstance(value, str) or FIELD_TYPES.get(key) not in ("int", "float"):
-        return ""
-    text = value.strip()
-    if not _FLOAT_TEXT.fullmatch(text) or not math.isfinite(float(text)):
-        return ""
-    if not isinstance(yaml.safe_load(text), str):  # YAML reads it unquoted as a number
-        return f" (a quoted number: write {text} without quotes)"
-    number = float(text)
-    if FIELD_TYPES[key] == "int":
-        if number != int(number):
-            return ""
-        fix = str(int(number))
-    else:
-        mantissa, _, exponent = text.lower().partition("e")
-        if "." not in mantissa:
-            mantissa += ".0"
-        if exponent and exponent[0] not in "+-":
-            exponent = "+" + exponent
-        fix = mantissa + ("e" + exponent if exponent else "")
-        if mantissa.startswith("."):
-            fix = "0" + fix
-        if yaml.safe_load(fix) != number:
-            fix = repr(number)
-    return f" (YAML reads {text} as a string: write {fix})"
 
 
 def _axis(problems, path, key, values) -> bool:

@@ -30,11 +30,12 @@ def _fig(ax, size=(6.4, 4.0)):
 
 # ----------------------------------------------------------------------------- study figures
 
-def _mark_diverged(ax, g, x, y, scale):
+def _mark_diverged(ax, g, x, y):
+    """Note above each row of ``g`` with diverged runs how many (at the foot if y is NaN)."""
     if "diverged" not in g:
         return
     for _, row in g[g["diverged"] > 0].iterrows():
-        yv = scale * row[y] if np.isfinite(row[y]) else ax.get_ylim()[0]
+        yv = row[y] if np.isfinite(row[y]) else ax.get_ylim()[0]
         ax.annotate(f"{int(row['diverged'])} diverged", (row[x], yv),
                     textcoords="offset points", xytext=(0, 8), fontsize=7, color="crimson",
                     ha="center")
@@ -137,27 +138,9 @@ def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
     with ticks at the actual values, one dodged series per ``hue`` (``labels`` maps a hue
     value to its legend text); a zero line (1 for ratios); diverged pairs annotated."""
     fig, ax = _fig(ax)
-    groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
-    palette = sns.color_palette(n_colors=max(1, len(groups)))
-    xs = sorted(table[x].unique())
-    for i, (color, (name, g)) in enumerate(zip(palette, groups)):
-        g = g.sort_values(x)
-        shift = 1.06 ** (i - (len(groups) - 1) / 2)  # dodge on the log axis
-        est, lo, hi = (g[c].to_numpy(float) for c in ("estimate", "low", "high"))
-        if ratio:
-            est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
-        else:
-            est, lo, hi = 100 * est, 100 * lo, 100 * hi
-        err = np.nan_to_num(np.vstack([est - lo, hi - est]), nan=0.0)
-        label = None if hue is None else (labels or {}).get(name, f"{hue} {name}")
-        ax.errorbar(g[x] * shift, est, yerr=err, marker="o", capsize=3, color=color,
-                    label=label)
-        _mark_diverged(ax, g.assign(estimate=est / (1 if ratio else 100)), x, "estimate",
-                       1 if ratio else 100)
+    _dodged_series(ax, table, x, _series(table, hue), hue, labels,
+                   np.exp if ratio else (lambda v: 100 * v))
     ax.axhline(1 if ratio else 0, color="0.3", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [_tick(v) for v in xs])
-    ax.xaxis.set_minor_locator(plt.NullLocator())
     if ratio:
         ax.set_yscale("log")
     elif _outlying(table):
@@ -170,6 +153,32 @@ def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
         ax.text(0.01, 0.01, "y: linear within ±1 pp, logarithmic beyond", fontsize=7,
                 color="0.4", transform=ax.transAxes)
     return _label(fig, ax, xlabel or x, ylabel, title, hue is not None, meta, alt)
+
+
+def _series(table: pd.DataFrame, hue: str | None) -> list:
+    """(hue value, rows) per series; one unnamed series without ``hue``."""
+    return [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
+
+
+def _dodged_series(ax, table, x, groups, hue, labels, shown) -> None:
+    """Each (name, rows) of ``groups`` as points with 95% CIs (columns ``estimate``, ``low``,
+    ``high``; ``shown`` maps them to the plotted scale: ×100 for pp, exp for logs) against
+    ``x`` on a log axis ticked at the actual values. Each series is shifted a little sideways,
+    so that CIs at one x do not hide each other. Rows with diverged runs are annotated."""
+    palette = sns.color_palette(n_colors=max(1, len(groups)))
+    for i, (color, (name, g)) in enumerate(zip(palette, groups)):
+        g = g.sort_values(x)
+        shift = 1.06 ** (i - (len(groups) - 1) / 2)  # dodge on the log axis
+        est, lo, hi = (shown(g[c].to_numpy(float)) for c in ("estimate", "low", "high"))
+        err = np.nan_to_num(np.vstack([est - lo, hi - est]), nan=0.0)
+        label = None if hue is None else (labels or {}).get(name, f"{hue} {name}")
+        ax.errorbar(g[x] * shift, est, yerr=err, marker="o", capsize=3, color=color,
+                    label=label)
+        _mark_diverged(ax, g.assign(_shown=est), x, "_shown")
+    xs = sorted(table[x].unique())
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [_tick(v) for v in xs])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
 
 
 def _label(fig, ax, xlabel, ylabel, title, legend, meta, alt):
@@ -228,26 +237,11 @@ def levels_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
     log y axis. ``labels`` (hue value -> legend text) also orders the series. Groups with
     diverged runs (column ``diverged``) are annotated."""
     fig, ax = _fig(ax)
-    groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=True))
+    groups = _series(table, hue)
     if labels:
         order = list(labels)
         groups.sort(key=lambda ng: order.index(ng[0]) if ng[0] in order else len(order))
-    palette = sns.color_palette(n_colors=max(1, len(groups)))
-    xs = sorted(table[x].unique())
-    for i, (color, (name, g)) in enumerate(zip(palette, groups)):
-        g = g.sort_values(x)
-        shift = 1.06 ** (i - (len(groups) - 1) / 2)  # dodge on the log axis
-        est, lo, hi = (g[c].to_numpy(float) for c in ("estimate", "low", "high"))
-        if log:
-            est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
-        err = np.nan_to_num(np.vstack([est - lo, hi - est]), nan=0.0)
-        label = None if hue is None else (labels or {}).get(name, f"{hue} {name}")
-        ax.errorbar(g[x] * shift, est, yerr=err, marker="o", capsize=3, color=color,
-                    label=label)
-        _mark_diverged(ax, g.assign(_level=est), x, "_level", 1)
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [_tick(v) for v in xs])
-    ax.xaxis.set_minor_locator(plt.NullLocator())
+    _dodged_series(ax, table, x, groups, hue, labels, np.exp if log else (lambda v: v))
     if log and np.isfinite(table["estimate"].to_numpy(float)).any():  # nothing to scale if all
         ax.set_yscale("log")                                           # runs diverged
     return _label(fig, ax, xlabel or x, ylabel, title, hue is not None, meta, alt)

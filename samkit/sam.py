@@ -20,9 +20,11 @@ import torch
 from torch.optim import Optimizer
 
 from .bn import bn_frozen
+from .sam_ops import foreach_scale_add_, global_norm, merge_overflow
+from .sam_state import SAMState
 
 
-class SAM(Optimizer):
+class SAM(SAMState, Optimizer):
     """SAM / ASAM wrapper around any ``torch.optim`` optimizer.
 
     ``base_optimizer`` is an optimizer class, built on SAM's own param_groups with
@@ -51,7 +53,7 @@ class SAM(Optimizer):
 
     ``grad_evals`` counts the forward/backward passes the steps so far required (2 per SAM
     step, 1 per plain step); it is saved in ``state_dict``, with the step count that picks
-    the SAM steps.
+    the SAM steps (``state_dict`` and pickling: samkit.sam_state).
     """
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False,
@@ -181,14 +183,7 @@ class SAM(Optimizer):
         self._perturbed = []
         if not groups:
             return
-        # Norms in at least float32 (an fp16 norm overflows at 65504), float64 kept as float64.
-        dtype = torch.float32
-        for _, _, gs, _ in groups:
-            for g in gs:
-                dtype = torch.promote_types(dtype, g.dtype)
-        norms = [n for _, _, gs, _ in groups for n in _norms(gs, dtype)]
-        device = norms[0].device
-        norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        norm = global_norm([gs for _, _, gs, _ in groups])
         # A zero gradient gives ε = 0 (not NaN); so does an inf/NaN one: inv = 0 here, and with a
         # grad_scaler (where overflow is routine) the non-finite entries are zeroed below, since
         # inf·0 is NaN. Without one, a non-finite gradient spoils the step as in plain SGD.
@@ -212,7 +207,7 @@ class SAM(Optimizer):
             else:
                 # On an accelerator: copy, so every tensor keeps its address (CUDA graphs).
                 torch._foreach_copy_(saved, ps)
-                _foreach_scale_add_(ps, eps, scale)
+                foreach_scale_add_(ps, eps, scale)
                 self._perturbed.append((ps, saved))
 
     def _stash_grads(self):
@@ -262,7 +257,7 @@ class SAM(Optimizer):
         if grad_scaler is None:
             self.base_optimizer.step()
         else:
-            _merge_overflow(grad_scaler, self, self.base_optimizer)
+            merge_overflow(grad_scaler, self, self.base_optimizer)
             grad_scaler.step(self.base_optimizer)
         # An LR scheduler watches ``step`` for this flag; second_step is the step of the
         # two-pass form, so mark it too (else every epoch warns "lr_scheduler.step() before
@@ -303,107 +298,9 @@ class SAM(Optimizer):
     def zero_grad(self, set_to_none: bool = True):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
-    # Per-parameter state that outlives a step, saved by state_dict (LookSAM: g_v). The kept
-    # weight buffer "w" is scratch and is not saved.
-    _PERSISTENT = ()
-
-    def _params(self):
-        return [p for g in self.param_groups for p in g["params"]]
-
-    def state_dict(self):
-        """The base optimizer's full state (momentum, Adam moments, groups incl. rho), plus
-        SAM's own under "sam": the step count (which steps take the ascent), ``grad_evals``,
-        and per-parameter state that outlives a step, indexed like the base's state."""
-        own = {}
-        for i, p in enumerate(self._params()):
-            kept = {k: v for k, v in self.state.get(p, {}).items() if k in self._PERSISTENT}
-            if kept:
-                own[i] = kept
-        return {"base_optimizer": self.base_optimizer.state_dict(),
-                "sam": {"steps": self._sam_steps, "grad_evals": self.grad_evals, "state": own}}
-
-    def load_state_dict(self, state_dict):
-        if "base_optimizer" not in state_dict:
-            raise ValueError("SAM.load_state_dict: expected a dict saved by SAM.state_dict() "
-                             "with key 'base_optimizer'")
-        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
-        # load_state_dict rebuilds the group dicts: share them again.
-        self.param_groups = self.base_optimizer.param_groups
-        own = state_dict.get("sam", {})  # absent in dicts saved before the variants existed
-        self._sam_steps = int(own.get("steps", 0))
-        self.grad_evals = int(own.get("grad_evals", 0))
-        params = self._params()
-        for p in params:
-            for k in self._PERSISTENT:
-                self.state[p].pop(k, None)
-        for i, kept in own.get("state", {}).items():
-            p = params[int(i)]
-            for k, v in kept.items():
-                if k in self._PERSISTENT:  # a copy: later in-place updates stay ours
-                    self.state[p][k] = v.to(device=p.device, dtype=p.dtype, copy=True)
-
-    # torch.optim.Optimizer pickles only defaults/state/param_groups, which would drop the base
-    # optimizer (copy.deepcopy, pickle and torch.save of SAM all go through these two).
-    _PICKLED = ("base_optimizer", "_perturbed", "_stashed", "_sam_keys", "interval",
-                "grad_evals", "_sam_steps")
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
-        return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        # One list of group dicts for both (pickle's memo already keeps it one object).
-        self.param_groups = self.base_optimizer.param_groups
-
     def __repr__(self):
         return f"{type(self).__name__}({self.base_optimizer!r})"
 
 
 def _all_on_cpu(params, scale):
     return scale.device.type == "cpu" and all(p.device.type == "cpu" for p in params)
-
-
-def _norms(tensors, dtype):
-    """The 2-norm of each tensor, computed in ``dtype``; a sparse one's from its values (it must
-    be coalesced), since the sparse norm kernel takes no ``dtype``."""
-    if not any(t.is_sparse for t in tensors):
-        return torch._foreach_norm(tensors, 2, dtype=dtype)
-    return [torch.linalg.vector_norm(t._values() if t.is_sparse else t, dtype=dtype)
-            for t in tensors]
-
-
-def _foreach_scale_add_(params, directions, scale):
-    """params += scale * directions, with ``scale`` a 0-d device tensor (no host sync)."""
-    devices = {p.device for p in params}
-    if any(d.is_sparse for d in directions):  # dense += sparse: no fused or foreach kernel
-        for p, d in zip(params, directions):
-            p.add_(d * scale.to(p.device))
-    elif devices == {scale.device} == {torch.device("cpu")}:
-        # CPU foreach ops are per-tensor loops anyway; a fused multiply-add per tensor skips
-        # the temporary copy of every gradient (measurable on small models).
-        for p, d in zip(params, directions):
-            p.addcmul_(d, scale)
-    elif devices == {scale.device}:
-        torch._foreach_add_(params, torch._foreach_mul(directions, scale))
-    else:  # a model split over several devices
-        for p, d in zip(params, directions):
-            p.add_(d * scale.to(p.device))
-
-
-def _merge_overflow(scaler, first, second):
-    """Make ``scaler.step(second)`` see an overflow recorded when ``first`` was unscaled.
-
-    GradScaler keeps found-inf flags per optimizer; SAM's two passes are unscaled under two
-    optimizer objects, so the second must inherit the first's flags for the skip to cover both.
-    """
-    states = getattr(scaler, "_per_optimizer_states", None)
-    if not states or id(first) not in states:
-        return
-    if not states[id(second)]["found_inf_per_device"]:
-        scaler.unscale_(second)
-    mine = states[id(second)]["found_inf_per_device"]
-    for device, flag in states[id(first)]["found_inf_per_device"].items():
-        if device in mine:
-            mine[device] += flag.to(mine[device].device)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .sam import SAM, _norms
+from .sam import SAM
+from .sam_ops import global_norm
 
 
 class LookSAM(SAM):
@@ -97,7 +98,7 @@ class LookSAM(SAM):
         gs = [p.grad for _, p in pairs]
         vs = [self.state[p]["g_v"] for _, p in pairs]
         if sam_step:  # p.grad is g_s, vs hold g: g_v = g_s − (⟨g, g_s⟩/‖g‖²)·g, in place
-            gg = _global_norm(vs) ** 2
+            gg = global_norm([vs]) ** 2
             dot = _global_dot(gs, vs, gg.dtype, gg.device)
             c = torch.where(gg > 0, dot / gg, torch.zeros_like(gg))  # g = 0: g_v = g_s
             for v, g in zip(vs, gs):
@@ -105,9 +106,9 @@ class LookSAM(SAM):
             return
         # In between: g ← g + α·(‖g‖/‖g_v‖)·g_v (one forward/backward). ‖g‖ over every
         # gradient of this step, ‖g_v‖ over every kept g_v.
-        g_norm = _global_norm([p.grad for g in self.param_groups for p in g["params"]
-                               if p.grad is not None])
-        v_norm = _global_norm([s["g_v"] for s in self.state.values() if "g_v" in s])
+        g_norm = global_norm([[p.grad for g in self.param_groups for p in g["params"]
+                               if p.grad is not None]])
+        v_norm = global_norm([[s["g_v"] for s in self.state.values() if "g_v" in s]])
         ratio = torch.where(v_norm > 0, g_norm / v_norm, torch.zeros_like(v_norm))
         for (group, _), g, v in zip(pairs, gs, vs):
             g.addcmul_(v, (group["alpha"] * ratio).to(g.device))  # fused: no temporary α·g_v
@@ -188,16 +189,6 @@ class MomentumSAM(SAM):
             loss = closure()
         self.second_step()
         return loss
-
-
-def _global_norm(tensors):
-    """ONE 2-norm over all ``tensors``, in at least float32 (as SAM's ε norm)."""
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    norms = _norms(tensors, dtype)
-    device = norms[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
 
 
 def _global_dot(xs, ys, dtype, device):

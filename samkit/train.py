@@ -6,77 +6,31 @@ batches are index slices, so there is no per-image Python on the hot path.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import errno
-import io
 import math
-import os
-import threading
 import time
 
 import torch
-import torch.nn.functional as F
 
 from . import data as data_mod
 from . import graphs
 from .bn import bn_frozen
+# The public names of a run's parts, importable from here as before the split:
+# train.build(cfg), train.load_for(cfg), train.save_checkpoint(...), train.TrainConfig.
+from .build import build, load_for, pick_device  # noqa: F401
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
 from .config import TrainConfig  # noqa: F401  (the public name: train.run(TrainConfig(...)))
-from .models import build_model, count_params
+from .models import count_params
 from .sam import SAM
-from .sam_variants import LookSAM, MomentumSAM
+from .sam_variants import MomentumSAM
 
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
 # such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").
 DIVERGENCE_FACTOR = 1e6
 
 
-# ----------------------------------------------------------------------------- building blocks
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _loss_fn(cfg, task):
-    kind = cfg.loss if cfg.loss != "auto" else ("ce" if task == "classification" else "mse")
-    if kind == "ce":
-        return F.cross_entropy
-    if task == "classification":  # MSE on one-hot targets (the paper's Hessian setting)
-        return _mse_one_hot
-    return F.mse_loss
-
-
-def _mse_one_hot(out, y):
-    # One-hot by comparison, not F.one_hot: that fails under vmap and forward-mode AD, which
-    # the Hessian measures use ("ZeroTensors are immutable", pytorch#123996).
-    target = (y[:, None] == torch.arange(out.shape[1], device=y.device)).to(out.dtype)
-    return ((out - target) ** 2).mean()
-
-
-def _make_optimizer(cfg, model):
-    sgd = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), **sgd)
-    if cfg.optimizer == "looksam":
-        return LookSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, k=cfg.sam_interval,
-                       alpha=cfg.looksam_alpha, **sgd)
-    if cfg.optimizer == "msam":
-        return MomentumSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, **sgd)
-    return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, eta=cfg.eta,
-               adaptive=cfg.optimizer == "asam", interval=cfg.sam_interval, **sgd)
-
-
-def _make_scheduler(cfg, opt):
-    if cfg.schedule in ("step", "step3"):
-        fractions = (0.5, 0.75) if cfg.schedule == "step" else (0.25, 0.5, 0.75)
-        milestones = sorted({max(1, round(cfg.epochs * f)) for f in fractions})
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-
+# ----------------------------------------------------------------------------- one epoch's order
 
 def _epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
     # Shuffling/augmentation randomness is a pure function of (seed, epoch): a resumed run
@@ -84,56 +38,6 @@ def _epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed * 1_000_003 + epoch)
     return g
-
-
-def _apply_pruning(cfg, model, data, loss_fn):
-    from . import sparsity
-    if cfg.prune == "none":
-        return
-    s = cfg.sparsity
-    if cfg.prune_to_width:
-        small = build_model(cfg.model, cfg.prune_to_width, data.in_shape, data.num_classes,
-                            cfg.depth)
-        s = sparsity.sparsity_for_params(model, count_params(small))
-    n = min(len(data.x_train), max(cfg.batch_size, 10 * data.num_classes))
-    sparsity.prune(model, cfg.prune, s, seed=cfg.seed, loss_fn=loss_fn,
-                   x=data.x_train[:n], y=data.y_train[:n])
-
-
-_BUILD_LOCK = threading.Lock()
-
-
-def build(cfg: TrainConfig, data=None):
-    """(data, model, optimizer, scheduler, loss_fn) for a config, deterministic in its seeds."""
-    device = pick_device(cfg.device)
-    if cfg.compile == "graph":
-        graphs.require_cuda(device)
-    if data is None:
-        data = load_for(cfg)
-    data = data.to(device)
-    with _BUILD_LOCK:  # runs trained in threads of one process: the global RNG seeds each init
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, cfg.width, data.in_shape, data.num_classes, cfg.depth)
-        model = model.to(device)
-        if cfg.channels_last and cfg.model == "preact_resnet18":
-            model = model.to(memory_format=torch.channels_last)
-        loss_fn = _loss_fn(cfg, data.task)
-        _apply_pruning(cfg, model, data, loss_fn)
-    opt = _make_optimizer(cfg, model)
-    return data, model, opt, _make_scheduler(cfg, opt), loss_fn
-
-
-def load_for(cfg: TrainConfig, root: str | None = None):
-    data = data_mod.load_data(cfg.dataset, root=root or data_mod.default_root(),
-                              n_train=cfg.n_train or None, n_val=cfg.n_val,
-                              label_noise=cfg.label_noise, noise_seed=cfg.effective_data_seed,
-                              subset_seed=cfg.effective_data_seed)
-    if cfg.n_test and cfg.n_test < len(data.x_test):
-        # The same subset for every run (its own fixed seed), so runs stay comparable.
-        keep = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(2024))
-        keep = keep[:cfg.n_test].sort().values
-        data = dataclasses.replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep])
-    return data
 
 
 # ----------------------------------------------------------------------------- counting passes
@@ -182,7 +86,10 @@ def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None, stepp
     n = len(data.x_train)
     order = torch.randperm(n, generator=g, device=device)
     total = torch.zeros((), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    # A disabled torch.autocast still costs ~10 us per entry (half the trainer's gap to a bare
+    # loop at width 128, benchmarks/trainer_vs_bare.py): enter one only when bf16 is on.
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16
+                else contextlib.nullcontext())
     for start in range(0, n, cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
         x, y = data.x_train[idx], data.y_train[idx]
@@ -260,54 +167,6 @@ def _epoch_metrics(cfg, model, loss_fn, data) -> dict:
     return m
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write-then-rename: a kill at any moment leaves the old checkpoint or the new one.
-
-    A failed write (disk full, quota, read-only folder) raises OSError with its errno and the
-    path ("no space left on device: ..."), never torch's bare "[enforce fail at
-    inline_container.cc]", and leaves no partial temp file; the old checkpoint stays."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        failed = False
-        try:
-            torch.save(state, tmp)
-        except RuntimeError:  # not kept: its traceback holds torch's writer (and its file) open
-            failed = True
-        if failed:
-            # torch's zip writer reports a failed write without its cause (errno). Write the
-            # same bytes with Python's file API, which raises OSError with the real errno
-            # (or succeeds, if the failure was transient).
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            with open(tmp, "wb") as f:
-                f.write(buf.getbuffer())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(e.errno, f"no space left on device: cannot write the checkpoint "
-                          f"{path}; free some space and rerun (the run resumes from its "
-                          "previous checkpoint)") from None
-        raise OSError(e.errno, f"cannot write the checkpoint {path}: {e.strerror or e}") from e
-
-
-def _load_checkpoint(path, cfg, model, opt, sched):
-    if not path or not os.path.exists(path):
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("config") != cfg.key_dict():
-        return None  # a checkpoint of another run: start afresh rather than mix them
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return state
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
@@ -322,7 +181,7 @@ def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
     t0 = time.time()
     data, model, opt, sched, loss_fn = build(cfg, data)
     history, best, best_state, start, status = [], None, None, 0, "ok"
-    resumed = _load_checkpoint(checkpoint, cfg, model, opt, sched)
+    resumed = load_checkpoint(checkpoint, cfg, model, opt, sched)
     if resumed:
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
         start, status = resumed["epoch"], resumed["status"]

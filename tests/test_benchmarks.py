@@ -1,7 +1,9 @@
-"""benchmarks/step_time.py: its JSON output is well formed, and its baseline SAM is correct.
+"""benchmarks/: the scripts' JSON output is well formed, and their baselines are correct.
 
-Speed is never asserted here (it depends on the machine and its load); only that the script runs,
-writes what it says, and that the reference SAM it times against is the same algorithm as samkit's.
+Speed is never asserted here (it depends on the machine and its load); only that the scripts run,
+write what they say, that the reference SAM step_time.py times against is the same algorithm as
+samkit's, that trainer_vs_bare.py's bare loop does the trainer's steps, and that workers.py's
+comparison of two sweeps' results does see a difference.
 """
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "step_time.py"
+TRAINER_VS_BARE = REPO / "benchmarks" / "trainer_vs_bare.py"
+WORKERS = REPO / "benchmarks" / "workers.py"
+PROVENANCE_KEYS = ("commit", "device", "device_slug", "torch", "python", "date", "argv")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
+def _load(script=SCRIPT):
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -30,14 +35,17 @@ def _load():
 st = _load()
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "step_time.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+def _run_quick(script, out, *extra):
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text()), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    return _run_quick(SCRIPT, tmp_path_factory.mktemp("bench") / "step_time.json", "--device",
+                      "cpu")
 
 
 def test_quick_run_writes_the_documented_schema(quick_run):
@@ -141,3 +149,75 @@ def test_reference_sam_matches_samkit_sam_in_float64(spec):
         torch.testing.assert_close(ref[k], w, rtol=0, atol=1e-12, msg=k)
         moved |= not torch.allclose(w, sgd[k], rtol=0, atol=1e-9)
     assert moved, "SAM and SGD gave the same weights: the SAM steps did nothing"
+
+
+# --------------------------------------------------------------------------- trainer_vs_bare.py
+
+def test_trainer_vs_bare_quick_run_writes_its_schema(tmp_path):
+    data, stdout = _run_quick(TRAINER_VS_BARE, tmp_path / "tvb.json", "--device", "cpu",
+                              "--clock", "cpu")
+    tvb = _load(TRAINER_VS_BARE)
+    assert data["schema"] == tvb.SCHEMA
+    for key in PROVENANCE_KEYS + ("threads", "loadavg_before", "wall_s"):
+        assert data["provenance"][key] not in (None, ""), key
+    assert data["provenance"]["threads"] == 1
+    settings = data["settings"]
+    assert settings["quick"] is True and settings["clock"] == "cpu"
+    reps = settings["reps"]
+    assert [(r["model"], r["width"], r["depth"], r["optimizer"]) for r in data["results"]] == [
+        ("mlp", 16, 2, "sgd"), ("mlp", 16, 2, "sam")]  # the research base's depth 2
+    for r in data["results"]:
+        # The bare loop took exactly the trainer's steps (SAM: the same two passes).
+        assert r["same_weights"] is True
+        assert r["batch"] == 128 and r["n_train"] == tvb.QUICK["n_train"]
+        for c in tvb.CONTENDERS:
+            t = r[c]
+            assert t["n"] == reps == len(t["samples_s"]) and all(s > 0 for s in t["samples_s"])
+            assert math.isclose(t["median_s"], sorted(t["samples_s"])[reps // 2])
+            assert math.isclose(t["img_per_s"], r["n_train"] / t["median_s"])
+        assert math.isclose(r["ratio"], r["trainer"]["img_per_s"] / r["bare"]["img_per_s"])
+    assert "trainer/bare" in stdout
+
+
+def test_trainer_vs_bare_cpu_clock_needs_one_thread(capsys):
+    tvb = _load(TRAINER_VS_BARE)
+    with pytest.raises(SystemExit):
+        tvb.parse_args(["--device", "cpu", "--clock", "cpu", "--threads", "2"])
+    assert "--threads 1" in capsys.readouterr().err
+    assert tvb.parse_args(["--device", "cpu"]).models == ["mlp-512", "mlp-128"]
+
+
+# --------------------------------------------------------------------------- workers.py
+
+def test_workers_quick_run_writes_its_schema(tmp_path):
+    data, stdout = _run_quick(WORKERS, tmp_path / "workers.json")
+    wk = _load(WORKERS)
+    assert data["schema"] == wk.SCHEMA
+    for key in PROVENANCE_KEYS + ("loadavg_before", "wall_s"):
+        assert data["provenance"][key] not in (None, ""), key
+    assert data["settings"]["order"] == [1, 2] and len(data["settings"]["runs"]) == 4
+    assert [s["workers"] for s in data["sweeps"]] == [1, 2]
+    assert all(s["wall_s"] > 0 and s["differences"] == [] for s in data["sweeps"])
+    assert data["bit_identical"] is True
+    med = data["median_wall_s"]
+    assert math.isclose(data["speedup"], med["1"] / med["2"])
+    assert "speed-up" in stdout
+
+
+def test_workers_comparison_sees_one_ulp_and_ignores_times(tmp_path):
+    """Two sweeps' stored results, written as the sweep writes them (JSON files): a change of
+    one ulp in one metric is reported; different times and provenance are not."""
+    wk = _load(WORKERS)
+    result = {"config": {"width": 8}, "status": "ok", "final": {"test_acc": 0.5},
+              "history": [{"epoch": 1, "train_loss": 0.1, "val_loss": float("nan")}],
+              "seconds": 1.0, "train_seconds": 0.5, "provenance": {"date": "today"}}
+    same = {**result, "seconds": 2.0, "train_seconds": 0.7, "provenance": {"date": "later"}}
+    planted = copy.deepcopy(result)
+    planted["history"][0]["train_loss"] = math.nextafter(0.1, 1.0)
+    for name, r in (("a", result), ("b", same), ("c", planted)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "k.json").write_text(json.dumps(r))
+    a, b, c = (wk.load_runs(tmp_path / n, ["k"]) for n in "abc")
+    assert wk.differences(a, b) == []  # NaN equals NaN, times and provenance are ignored
+    assert wk.differences(a, c) == ["k: history"]
+    assert wk.differences(a, {}) == ["k: missing"]

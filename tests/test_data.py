@@ -1,4 +1,5 @@
-"""Tests for samkit.data. Never touch the network: every download is replaced by a failure,
+"""Tests for samkit.data (and the image_files, sampling and toy_data modules it puts
+together). Never touch the network: every download is replaced by a failure,
 and fixture files are written in the real formats by independent writers below."""
 import gzip
 import hashlib
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from samkit import data as D
+from samkit import image_files
+from samkit import toy_data
 from samkit.data import augment, load_data
 
-DEBIAN = D.DEBIAN_FASHION_DIR
+DEBIAN = image_files.DEBIAN_FASHION_DIR
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -24,12 +26,12 @@ IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 def no_network(monkeypatch):
     def refuse(name, root):
         raise OSError("network disabled in tests")
-    monkeypatch.setattr(D, "_torchvision_download", refuse)
+    monkeypatch.setattr(image_files, "_torchvision_download", refuse)
 
 
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "DEBIAN_FASHION_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(image_files, "DEBIAN_FASHION_DIR", tmp_path / "no-debian-package")
 
 
 # ------------------------------------------------------------ independent fixture writers
@@ -69,7 +71,7 @@ def write_fake_mnist(root, monkeypatch, counts, n_test=20, seed=0):
     for f, arr in files.items():
         (raw / f).write_bytes(idx_bytes(arr))
         sums[f] = sha256((raw / f).read_bytes())
-    monkeypatch.setattr(D, "MNIST_SHA256", sums)
+    monkeypatch.setattr(image_files, "MNIST_SHA256", sums)
     return files
 
 
@@ -88,7 +90,7 @@ def write_fake_cifar(root, monkeypatch, n_batch=20, n_test=10, pin_md5=True, see
         md5[f] = hashlib.md5((folder / f).read_bytes()).hexdigest()
         batches[f] = batch
     if pin_md5:
-        monkeypatch.setattr(D, "CIFAR10_MD5", md5)
+        monkeypatch.setattr(image_files, "CIFAR10_MD5", md5)
     return batches
 
 
@@ -153,7 +155,7 @@ def test_truncated_debian_gz_leaves_no_file(tmp_path, monkeypatch):
         (fake / f"{f}.gz").write_bytes(gzip.compress(b"x" * 100000))
     full = (fake / "train-images-idx3-ubyte.gz").read_bytes()
     (fake / "train-images-idx3-ubyte.gz").write_bytes(full[:len(full) // 2])
-    monkeypatch.setattr(D, "DEBIAN_FASHION_DIR", fake)
+    monkeypatch.setattr(image_files, "DEBIAN_FASHION_DIR", fake)
     root = tmp_path / "root"
     with pytest.raises(RuntimeError, match="train-images-idx3-ubyte.gz.*--reinstall"):
         load_data("fashion_mnist", root=root, download=False)
@@ -190,7 +192,7 @@ def test_download_fallback_is_used_when_files_are_missing(tmp_path, monkeypatch)
     def fake_download(name, root):
         calls.append(name)
         write_fake_mnist(root, monkeypatch, [3] * 10)
-    monkeypatch.setattr(D, "_torchvision_download", fake_download)
+    monkeypatch.setattr(image_files, "_torchvision_download", fake_download)
     d = load_data("mnist", root=tmp_path, download=True)
     assert calls == ["mnist"] and d.x_train.shape == (30, 1, 28, 28)
 
@@ -359,7 +361,7 @@ def test_synthetic_shapes_and_determinism():
 
 def test_synthetic_targets_are_a_nonlinear_teacher_plus_gaussian_noise(monkeypatch):
     noisy = load_data("synthetic", n_train=2000)
-    monkeypatch.setattr(D, "SYNTH_NOISE_STD", 0.0)
+    monkeypatch.setattr(toy_data, "SYNTH_NOISE_STD", 0.0)
     clean = load_data("synthetic", n_train=2000)
     assert torch.equal(noisy.x_train, clean.x_train)  # same draws, noise aside
     noise = (noisy.y_train - clean.y_train).double()

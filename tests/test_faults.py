@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from samkit import plots, results, stats, sweep  # noqa: E402
-from samkit import data as D  # noqa: E402
+from samkit import image_files  # noqa: E402
 from samkit.train import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -447,13 +447,13 @@ TRAIN_ARGS = ["train", "--dataset", "fashion_mnist", "--model", "mlp", "--width"
 # `python -m samkit` on a machine without network and without the Debian package.
 OFFLINE = r'''
 import sys, pathlib
-import samkit.data as D
+import samkit.image_files as files
 
 def offline(name, root):
     raise OSError("[Errno 101] Network is unreachable")
 
-D._torchvision_download = offline
-D.DEBIAN_FASHION_DIR = pathlib.Path(sys.argv[1])
+files._torchvision_download = offline
+files.DEBIAN_FASHION_DIR = pathlib.Path(sys.argv[1])
 from samkit.__main__ import main
 sys.exit(main(sys.argv[2:]))
 '''
@@ -462,7 +462,7 @@ sys.exit(main(sys.argv[2:]))
 def _damaged_copy(good: Path, root: Path, damaged: str, damage) -> Path:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for f in D.IDX_FILES:
+    for f in image_files.IDX_FILES:
         if f == damaged:
             (raw / f).write_bytes(damage(bytearray((good / f).read_bytes())))
         else:
@@ -481,7 +481,7 @@ def _truncate(b):
 
 @pytest.fixture(scope="module")
 def fmnist_raw(fmnist_root):
-    return D._ensure_files("fashion_mnist", Path(fmnist_root), download=False)
+    return image_files._ensure_files("fashion_mnist", Path(fmnist_root), download=False)
 
 
 def test_data_faults_give_one_line_with_the_fix_through_the_cli(fmnist_raw, tmp_path):

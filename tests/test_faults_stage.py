@@ -152,6 +152,19 @@ def wait_mid_run(work, proc, timeout=300):
         time.sleep(0.1)
 
 
+def start_mid_run(work, *cmd, **kw):
+    """``start(work, *cmd)``, returned once training is under way (``wait_mid_run``)."""
+    proc = start(work, *cmd, **kw)
+    wait_mid_run(work, proc)
+    return proc
+
+
+def sweep_workers(work):
+    """The live sweep worker processes started in ``work``."""
+    return [pid for pid in _processes_of(work)
+            if b"samkit.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
 def finish(proc, timeout=600):
     proc.wait(timeout=timeout)
     return proc.returncode, output(proc)
@@ -176,7 +189,7 @@ def assert_resumable(work):
     for path in ckpts:
         cfg = by_key[Path(path).stem]
         _, model, opt, sched, _ = train.build(cfg)
-        state = train._load_checkpoint(path, cfg, model, opt, sched)
+        state = train.load_checkpoint(path, cfg, model, opt, sched)
         assert state is not None and 1 <= state["epoch"] < cfg.epochs, path
 
 
@@ -196,10 +209,8 @@ def test_a_bad_value_fails_the_stage_and_leaves_its_outputs(work):
 @pytest.mark.slow
 def test_a_crash_mid_run_leaves_the_outputs(work):
     before = snapshot(work)
-    proc = start(work, "dvc", "repro", f"study@{STUDY}")
-    wait_mid_run(work, proc)
-    workers = [pid for pid in _processes_of(work)
-               if b"samkit.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    proc = start_mid_run(work, "dvc", "repro", f"study@{STUDY}")
+    workers = sweep_workers(work)
     assert workers, "the study trains in worker processes"
     _kill(workers[0])   # as the OOM killer would
     rc, out = finish(proc)
@@ -213,8 +224,7 @@ def test_a_crash_mid_run_leaves_the_outputs(work):
 @pytest.mark.slow
 def test_sigkill_leaves_the_outputs_and_the_next_start_cleans_up(work):
     before = snapshot(work)
-    proc = start(work, "dvc", "repro", f"study@{STUDY}")
-    wait_mid_run(work, proc)
+    proc = start_mid_run(work, "dvc", "repro", f"study@{STUDY}")
     os.killpg(proc.pid, signal.SIGKILL)   # dvc, the shell, samkit stage: nothing can clean up
     proc.wait(timeout=60)
     # The kernel (a session of its own) sees its parent gone and exits; its sweep workers
@@ -244,8 +254,7 @@ def test_ctrl_c_stops_dvc_repro_within_seconds_and_leaves_a_resumable_checkpoint
     before = snapshot(work)
     # SHELL=/bin/sh: DVC runs cmd through it, and dash (unlike bash) forks instead of
     # exec'ing a lone command; a shell left between DVC and the stage dies at Ctrl-C.
-    proc = start(work, "dvc", "repro", f"study@{STUDY}", shell="/bin/sh")
-    wait_mid_run(work, proc)
+    proc = start_mid_run(work, "dvc", "repro", f"study@{STUDY}", shell="/bin/sh")
     t0 = time.time()
     os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
     rc, out = finish(proc, timeout=120)
@@ -262,8 +271,7 @@ def test_ctrl_c_stops_dvc_repro_within_seconds_and_leaves_a_resumable_checkpoint
 @pytest.mark.slow
 def test_sigterm_to_the_stage_alone_stops_its_kernel_and_workers(work):
     before = snapshot(work)
-    proc = start(work, sys.executable, "-m", "samkit", "stage", STUDY)
-    wait_mid_run(work, proc)
+    proc = start_mid_run(work, sys.executable, "-m", "samkit", "stage", STUDY)
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     rc, out = finish(proc, timeout=120)
@@ -284,8 +292,7 @@ def test_sweep_forwards_a_sigint_sent_to_it_alone_to_its_workers(tmp_path):
                  "--workers", "2", "--cache", str(cache), code=REPO)
     try:
         wait_mid_run(tmp_path, proc)
-        workers = [pid for pid in _processes_of(tmp_path)
-                   if b"samkit.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        workers = sweep_workers(tmp_path)
         assert len(workers) == 2
         t0 = time.time()
         os.kill(proc.pid, signal.SIGINT)   # not the group: the workers do not get this one

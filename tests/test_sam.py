@@ -145,6 +145,15 @@ def _run_sam(model, opt, batches, frozen=False):
         opt.second_step(zero_grad=True)
 
 
+def _loss_closure(model, x, y):
+    """The closure ``opt.step`` takes: forward + backward on (x, y), returning the loss."""
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    return closure
+
+
 def _assert_weights(model, w, **tol):
     got = dict(model.named_parameters())
     assert set(got) == set(w)
@@ -311,11 +320,7 @@ def test_step_closure_equals_two_pass_form():
     o1 = SAM(m1.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, **SGD_HP)
     o2 = SAM(m2.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, **SGD_HP)
     for x, y in batches:
-        def closure():
-            loss = F.cross_entropy(m1(x), y)
-            loss.backward()
-            return loss
-        loss = o1.step(closure)
+        loss = o1.step(_loss_closure(m1, x, y))
         expected = F.cross_entropy(m2(x), y)
         expected.backward()
         o2.first_step(zero_grad=True)
@@ -929,11 +934,7 @@ def test_step_closure_with_model_freezes_bn_in_the_second_pass():
 
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, **SGD_HP)
     for x, y in batches:
-        def closure():
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        opt.step(closure, model=model)
+        opt.step(_loss_closure(model, x, y), model=model)
     _assert_weights(model, ref)
     got = dict(model.named_buffers())
     for k, v in ref_stats.named_buffers():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import interrupt_run
-from samkit import train
+from samkit import build, train
 from samkit.train import TrainConfig
 
 TINY = dict(dataset="fashion_mnist", n_train=200, n_val=100, n_test=200, model="mlp", width=16,
@@ -158,7 +158,7 @@ def test_step3_schedule_is_the_papers():
                             schedule="step3")
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    sched = train._make_scheduler(cfg, opt)
+    sched = build._make_scheduler(cfg, opt)
     lrs = []
     for _ in range(cfg.epochs):
         lrs.append(opt.param_groups[0]["lr"])

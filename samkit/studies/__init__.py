@@ -225,3 +225,31 @@ def effect_at(table: pd.DataFrame, **where) -> stats.Effect:
     r = table[mask].iloc[0]
     return stats.Effect(float(r["estimate"]), float(r["low"]), float(r["high"]), int(r["n"]),
                         float(r["sd"]))
+
+
+# ----------------------------------------------------------------------------- SAM/SGD ratios
+# Studies of a measure where smaller is the claim (Hessian sharpness, function complexity)
+# compare SAM with SGD per seed as log(SAM) − log(SGD): a ratio, decided on its log.
+
+SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}  # the runs of each side
+RATIO_DELTA = math.log(1.1)  # smallest effect: a 10% smaller value (ratio 1/1.1 or below)
+
+
+def log_ratios(runs: pd.DataFrame, columns: dict, by: list[str]) -> dict:
+    """{measure: the seed-paired table of log(SAM) − log(SGD) of its run column} for the
+    {measure: column} pairs of ``columns``, per ``by`` cell."""
+    return {m: paired_table(runs, col, SAM, SGD, by=by, log=True)
+            for m, col in columns.items()}
+
+
+def ratio_table(ratios: dict, by: list[str]) -> pd.DataFrame:
+    """The ``log_ratios`` tables as one, with a ``measure`` column first."""
+    return pd.concat([t.assign(measure=m) for m, t in ratios.items()],
+                     ignore_index=True)[["measure", *by, *PAIRED_COLUMNS]]
+
+
+def smaller_ratio_claim(claim_id: str, text: str, source: str, effect: stats.Effect,
+                        delta_reason: str) -> Claim:
+    """The claim that SAM's value is smaller than SGD's by at least ×1.1."""
+    return Claim(claim_id, text, source, effect, RATIO_DELTA, delta_reason, direction=-1,
+                 unit="ratio")

@@ -14,6 +14,8 @@ import pandas as pd
 
 from .. import fmt, stats
 from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
+# The page's figure and table: the notebook calls them as frontier.figure/display_table.
+from .frontier_view import display_table, figure  # noqa: F401
 
 NAME = "frontier"
 TITLE = "What does SAM cost? Cheaper SAM variants and the equal-compute frontier"
@@ -98,9 +100,9 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         claims += _cell_claims(runs, cell, w, p)
         facts[cell] = _cell_facts(t, w, p)
     facts["frontier_each"] = "; ".join(
-        f"width {w}, noise {_pct(p)}: {facts[c]['frontier']}" for (w, p), c in cells.items())
+        f"width {w}, noise {fmt.rate(p)}: {facts[c]['frontier']}" for (w, p), c in cells.items())
     facts["cheapest_each"] = "; ".join(
-        f"width {w}, noise {_pct(p)}: {facts[c]['cheapest_within_delta']}"
+        f"width {w}, noise {fmt.rate(p)}: {facts[c]['cheapest_within_delta']}"
         for (w, p), c in cells.items())
     facts["cells"] = ", ".join(cells.values())
     facts["cost"] = cost_line(table)
@@ -123,7 +125,7 @@ def cell_names(runs: pd.DataFrame) -> dict:
 
 
 def _cell_claims(runs, cell, w, p) -> list[Claim]:
-    where = f"width {w}, label noise {_pct(p)}"
+    where = f"width {w}, label noise {fmt.rate(p)}"
     runs = runs[(runs["width"] == w) & (runs["label_noise"] == p)]
 
     def effect(t, c):
@@ -156,35 +158,44 @@ def methods_table(runs: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
     by gradient evaluations."""
     rows = []
     for (w, p), cell in runs.groupby(CELL, sort=True):
-        means = {}
-        for m, g in cell.groupby("method", sort=True):
-            ok = g[g["status"] == "ok"]
-            src = ok if len(ok) else g  # the planned budget when no run finished
-            acc = stats.mean_effect(ok[METRIC])
-            row = {"width": w, "label_noise": p, "method": m,
-                   "optimizer": g["optimizer"].iloc[0],
-                   "grad_evals": _mean(src[EVALS]), "train_seconds": _mean(ok[TIME]),
-                   "acc": acc.estimate, "acc_low": acc.low, "acc_high": acc.high,
-                   "n": len(ok), "diverged": len(g) - len(ok)}
-            for ref, col in ((SAM, "vs_sam"), (SGD_2X, "vs_sgd2x")):
-                e = (effect_at(paired[paired["reference"] == ref], width=w, label_noise=p,
-                               method=m) if m != ref and len(paired) else
-                     stats.NO_EFFECT)
-                row.update({col: e.estimate, f"{col}_low": e.low, f"{col}_high": e.high,
-                            f"{col}_n": e.n})
-            rows.append(row)
-            means[m] = row
-        base = means.get(SGD_1X) or min(means.values(), key=lambda r: _nan_last(r["grad_evals"]))
-        front = set(pareto([(r["method"], r["grad_evals"], r["acc"])
-                            for r in sorted(means.values(), key=_simplest_first)]))
-        for r in means.values():
-            r["budget"] = r["grad_evals"] / base["grad_evals"]
-            r["time_ratio"] = r["train_seconds"] / base["train_seconds"]
-            r["frontier"] = r["method"] in front
+        means = {m: _method_row(w, p, m, g, paired)
+                 for m, g in cell.groupby("method", sort=True)}
+        _place_in_cell(means)
+        rows += means.values()
     if not rows:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     table = pd.DataFrame(rows)[TABLE_COLUMNS]
     return table.sort_values([*CELL, "grad_evals", "method"], ignore_index=True)
+
+
+def _method_row(w, p, m, g: pd.DataFrame, paired: pd.DataFrame) -> dict:
+    """One method's row of one cell, from its runs ``g``: all but the cell-relative columns
+    (``_place_in_cell`` adds those)."""
+    ok = g[g["status"] == "ok"]
+    src = ok if len(ok) else g  # the planned budget when no run finished
+    acc = stats.mean_effect(ok[METRIC])
+    row = {"width": w, "label_noise": p, "method": m, "optimizer": g["optimizer"].iloc[0],
+           "grad_evals": _mean(src[EVALS]), "train_seconds": _mean(ok[TIME]),
+           "acc": acc.estimate, "acc_low": acc.low, "acc_high": acc.high,
+           "n": len(ok), "diverged": len(g) - len(ok)}
+    for ref, col in ((SAM, "vs_sam"), (SGD_2X, "vs_sgd2x")):
+        e = (effect_at(paired[paired["reference"] == ref], width=w, label_noise=p, method=m)
+             if m != ref and len(paired) else stats.NO_EFFECT)
+        row.update({col: e.estimate, f"{col}_low": e.low, f"{col}_high": e.high,
+                    f"{col}_n": e.n})
+    return row
+
+
+def _place_in_cell(means: dict) -> None:
+    """Add each row's cost relative to SGD 1× (else the cheapest method) of its cell, and
+    whether it is on the cell's Pareto frontier."""
+    base = means.get(SGD_1X) or min(means.values(), key=lambda r: _nan_last(r["grad_evals"]))
+    front = set(pareto([(r["method"], r["grad_evals"], r["acc"])
+                        for r in sorted(means.values(), key=_simplest_first)]))
+    for r in means.values():
+        r["budget"] = r["grad_evals"] / base["grad_evals"]
+        r["time_ratio"] = r["train_seconds"] / base["train_seconds"]
+        r["frontier"] = r["method"] in front
 
 
 def pareto(points) -> list[str]:
@@ -211,7 +222,7 @@ def _cell_facts(t: pd.DataFrame, w, p) -> dict:
     method within δ of the best mean accuracy, the best."""
     ok = t[np.isfinite(t["acc"].astype(float))]
     front = ok[ok["frontier"]].sort_values("grad_evals")
-    facts = {"width": int(w), "noise": _pct(p),
+    facts = {"width": int(w), "noise": fmt.rate(p),
              "frontier": " → ".join(_point(r) for _, r in front.iterrows()) or "n/a",
              "frontier_budgets": _budgets(front),
              "best": "n/a", "cheapest_within_delta": "n/a", "cheapest_method": "n/a"}
@@ -257,93 +268,6 @@ def cost_line(table: pd.DataFrame) -> str:
                         else "time n/a") for r in means.itertuples())
 
 
-def figure(table: pd.DataFrame, meta: dict | None):
-    """Test accuracy (mean, 95% CI) against gradient evaluations, one panel per (label noise,
-    width), every method a labelled point; the Pareto frontier as a step line."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from ..plots import stamp
-    widths = sorted(table["width"].unique()) or [None]
-    noises = sorted(table["label_noise"].unique()) or [None]
-    methods = list(dict.fromkeys(table.sort_values("grad_evals")["method"]))
-    colors = dict(zip(methods, sns.color_palette("tab10", n_colors=max(1, len(methods)))))
-    markers = {"sgd": "o", "sam": "s", "asam": "s", "looksam": "^", "msam": "D"}
-    fig, axes = plt.subplots(len(noises), len(widths), figsize=(5.2 * len(widths) + 0.6,
-                                                                  3.9 * len(noises) + 0.4),
-                             squeeze=False)
-    for i, p in enumerate(noises):
-        for j, w in enumerate(widths):
-            ax = axes[i][j]
-            t = table[(table["width"] == w) & (table["label_noise"] == p)]
-            ok = t[np.isfinite(t["acc"].astype(float))]
-            for _, r in ok.iterrows():
-                err = [[max(r["acc"] - r["acc_low"], 0) if np.isfinite(r["acc_low"]) else 0],
-                       [max(r["acc_high"] - r["acc"], 0) if np.isfinite(r["acc_high"]) else 0]]
-                ax.errorbar([r["grad_evals"] / 1e3], [100 * r["acc"]],
-                            yerr=100 * np.asarray(err), fmt=markers.get(r["optimizer"], "o"),
-                            color=colors[r["method"]], capsize=3, ms=7 if r["frontier"] else 5,
-                            markeredgecolor="black" if r["frontier"] else "none",
-                            label=r["method"])
-            front = ok[ok["frontier"].astype(bool)].sort_values("grad_evals")
-            if len(front):
-                x = list(front["grad_evals"] / 1e3) + [ok["grad_evals"].max() / 1e3]
-                y = list(100 * front["acc"]) + [100 * front["acc"].iloc[-1]]
-                ax.step(x, y, where="post", color="0.3", lw=1.2, ls="--", zorder=0,
-                        label="Pareto frontier")
-            for _, r in t[t["diverged"] > 0].iterrows():
-                ax.annotate(f"{int(r['diverged'])} diverged", (r["grad_evals"] / 1e3,
-                                                               ax.get_ylim()[0]),
-                            textcoords="offset points", xytext=(0, 3), fontsize=7,
-                            color="crimson", ha="center")
-            ax.set_title(f"width {w} · label noise {_pct(p) if p is not None else ''}",
-                         fontsize=10)
-            if i == len(noises) - 1:
-                ax.set_xlabel("gradient evaluations (thousands)")
-            if j == 0:
-                ax.set_ylabel("test accuracy (%)")
-    handles = {}
-    for ax in axes.flat:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
-    order = [m for m in methods if m in handles] + [k for k in handles if k not in methods]
-    if order:
-        fig.legend([handles[k] for k in order], order, loc="center left", fontsize=8,
-                   bbox_to_anchor=(0.995, 0.5), title="black edge: on the frontier",
-                   title_fontsize=7, frameon=False)
-    if meta is not None:
-        stamp(fig, meta)
-    fig.alt_text = ("Test accuracy against gradient evaluations for every method, one panel "
-                    "per width and label-noise rate, with 95% CIs and the Pareto frontier "
-                    "drawn as a dashed step line")
-    return fig
-
-
-def display_table(table: pd.DataFrame):
-    """The methods table as the page shows it: percentages, CIs, budgets."""
-    rows = []
-    for _, r in table.iterrows():
-        rows.append({
-            "width": int(r["width"]), "label noise": _pct(r["label_noise"]),
-            "method": r["method"] + (" ★" if r["frontier"] else ""),
-            "grad. evals": f"{r['grad_evals']:,.0f}" if np.isfinite(r["grad_evals"]) else "n/a",
-            "× SGD 1×": f"{r['budget']:.2f}" if np.isfinite(r["budget"]) else "n/a",
-            "train s": f"{r['train_seconds']:.0f}" if np.isfinite(r["train_seconds"]) else "n/a",
-            "test acc (%) [95% CI]": _acc(r),
-            "− SAM [95% CI]": fmt.pp(r["vs_sam"], r["vs_sam_low"], r["vs_sam_high"]),
-            "− SGD 2× [95% CI]": fmt.pp(r["vs_sgd2x"], r["vs_sgd2x_low"], r["vs_sgd2x_high"]),
-            "finished": int(r["n"]), "diverged": int(r["diverged"])})
-    return pd.DataFrame(rows).style.hide(axis="index")
-
-
-def _acc(r) -> str:
-    if not np.isfinite(r["acc"]):
-        return "n/a"
-    s = f"{100 * r['acc']:.2f}"
-    if np.isfinite(r["acc_low"]) and np.isfinite(r["acc_high"]):
-        s += f" [{100 * r['acc_low']:.2f}, {100 * r['acc_high']:.2f}]"
-    return s
-
-
 def _mean(s: pd.Series) -> float:
     v = pd.to_numeric(s, errors="coerce").astype(float)
     return float(v.mean()) if v.notna().any() else float("nan")
@@ -351,7 +275,3 @@ def _mean(s: pd.Series) -> float:
 
 def _nan_last(x) -> float:
     return x if np.isfinite(x) else np.inf
-
-
-def _pct(p) -> str:
-    return f"{100 * p:g}%"

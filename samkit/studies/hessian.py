@@ -9,19 +9,16 @@ ratio: per seed log(SAM) − log(SGD), its mean and t-interval, shown as a ratio
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from .. import fmt, stats
-from . import (PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, paired_table,
-               status_line)
+from . import (SAM, SGD, Analysis, effect_at, ensure_columns, log_ratios, ratio_table,
+               smaller_ratio_claim, status_line)
 
 NAME = "hessian"
 TITLE = "Hessian: are SAM's minima flatter and more uniform than SGD's?"
 QUESTION = "Does SAM reach minima with a smaller and more uniform Hessian than SGD?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
 SOURCE = "Shin et al. Sec. 6.1, Fig. 6"
 # measure -> (run column, label)
 MEASURES = {"lambda_max": ("hessian_lambda_max", "λmax (top eigenvalue)"),
@@ -30,8 +27,7 @@ MEASURES = {"lambda_max": ("hessian_lambda_max", "λmax (top eigenvalue)"),
 TEXTS = {"lambda_max": "SAM's minimum is flatter: a smaller top Hessian eigenvalue λmax",
          "trace": "SAM's minimum has a smaller Hessian trace",
          "nonuniformity": "SAM's minimum has a more uniform Hessian (smaller non-uniformity)"}
-# Smallest effect: a 10% lower value (ratio 1/1.1 or below); a ratio is decided on its log.
-DELTA = math.log(1.1)
+# Why the smallest effect (studies.RATIO_DELTA) is a 10% lower value:
 DELTA_REASON = ("×1.1: a 10% difference, the smallest we would call a flatter (or more "
                 "uniform) minimum")
 LEVEL_COLUMNS = ["measure", "width", "params", "optimizer", "estimate", "low", "high", "n",
@@ -57,25 +53,20 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     runs = ensure_columns(runs, [c for c, _ in MEASURES.values()]
                           + ["final_train_loss", "final_train_acc", "final_test_acc"])
     by = ["width", "params"]
-    ratios = {m: paired_table(runs, col, SAM, SGD, by=by, log=True)
-              for m, (col, _) in MEASURES.items()}
+    ratios = log_ratios(runs, {m: col for m, (col, _) in MEASURES.items()}, by)
     widest = runs["width"].max()
-    claims = [Claim(f"{m}.widest", f"{TEXTS[m]} (widest model, width {widest})", SOURCE,
-                    effect_at(ratios[m], width=widest), DELTA, DELTA_REASON, direction=-1,
-                    unit="ratio")
+    claims = [smaller_ratio_claim(f"{m}.widest", f"{TEXTS[m]} (widest model, width {widest})",
+                                  SOURCE, effect_at(ratios[m], width=widest), DELTA_REASON)
               for m in MEASURES]
-    claims.append(Claim(
+    claims.append(smaller_ratio_claim(
         "lambda_max.all_widths",
         "SAM's minimum is flatter across widths: per seed, the mean over widths of log(SAM λmax "
         "/ SGD λmax) (a geometric-mean ratio; a seed counts once all its widths finished)",
-        SOURCE, across_widths(runs, MEASURES["lambda_max"][0]), DELTA, DELTA_REASON,
-        direction=-1, unit="ratio"))
-    ratio_table = pd.concat([t.assign(measure=m) for m, t in ratios.items()],
-                            ignore_index=True)[["measure", *by, *PAIRED_COLUMNS]]
+        SOURCE, across_widths(runs, MEASURES["lambda_max"][0]), DELTA_REASON))
     levels = pd.concat([_levels(runs, m, col) for m, (col, _) in MEASURES.items()],
                        ignore_index=True) if len(runs) else pd.DataFrame(columns=LEVEL_COLUMNS)
     fit = _fit(runs)
-    return Analysis({"ratio": ratio_table, "levels": levels, "fit": fit}, claims,
+    return Analysis({"ratio": ratio_table(ratios, by), "levels": levels, "fit": fit}, claims,
                     _facts(runs, levels, fit, widest))
 
 

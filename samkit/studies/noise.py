@@ -33,8 +33,9 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     claims = []
     for p in levels:
         claims.append(Claim(
-            f"grows_at_{p:g}", f"SAM's gain grows with the parameters at label noise {_pct(p)}",
-            SOURCE, stats.slope(runs[runs["label_noise"] == p], METRIC, SAM, SGD),
+            f"grows_at_{p:g}",
+            f"SAM's gain grows with the parameters at label noise {fmt.rate(p)}", SOURCE,
+            stats.slope(runs[runs["label_noise"] == p], METRIC, SAM, SGD),
             DELTA_SLOPE, "0.1 pp per doubling: 0.7 pp over a 128x wider model",
             unit="pp/doubling"))
     amplified = (stats.mean_effect(_seed_gain(runs, high, widest)
@@ -42,19 +43,19 @@ def analyze(runs: pd.DataFrame) -> Analysis:
                  if len(levels) > 1 else stats.NO_EFFECT)
     claims += [
         Claim("amplified", f"At the widest model (width {widest}) SAM's gain is larger at label "
-              f"noise {_pct(high)} than at {_pct(low)}", SOURCE, amplified, DELTA_GAIN,
+              f"noise {fmt.rate(high)} than at {fmt.rate(low)}", SOURCE, amplified, DELTA_GAIN,
               "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
         Claim("widest_at_max_noise", f"SAM beats SGD at the widest model (width {widest}) "
-              f"under label noise {_pct(high)}", f"{SOURCE}; Foret et al. (label noise)",
+              f"under label noise {fmt.rate(high)}", f"{SOURCE}; Foret et al. (label noise)",
               effect_at(gain, label_noise=high, width=widest), DELTA_GAIN,
               "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
     ]
     fit = _fit(runs)
     facts = {**NO_FINISHED_RUN, "status": status_line(runs),
-             "noise_levels": ", ".join(_pct(p) for p in levels),
-             "lowest_noise": _pct(low), "highest_noise": _pct(high),
-             "clean_label_share": _pct(1 - high), "widest": int(widest),
-             "grows_each": "; ".join(f"noise {_pct(c_p)}: {c.shown} ({c.verdict})"
+             "noise_levels": ", ".join(fmt.rate(p) for p in levels),
+             "lowest_noise": fmt.rate(low), "highest_noise": fmt.rate(high),
+             "clean_label_share": fmt.rate(1 - high), "widest": int(widest),
+             "grows_each": "; ".join(f"noise {fmt.rate(c_p)}: {c.shown} ({c.verdict})"
                                      for c_p, c in zip(levels, claims)),
              "grows_lowest": {"shown": claims[0].shown, "explained": claims[0].explained},
              "grows_highest": {"shown": claims[len(levels) - 1].shown,
@@ -62,10 +63,6 @@ def analyze(runs: pd.DataFrame) -> Analysis:
              "slope_delta": claims[0].delta_shown,
              "memorization": _memorization(fit, high, widest)}
     return Analysis({"gain": gain, "fit": fit}, claims, facts)
-
-
-def _pct(p: float) -> str:
-    return f"{100 * p:g}%"
 
 
 def _seed_gain(runs: pd.DataFrame, noise: float, width) -> pd.Series:

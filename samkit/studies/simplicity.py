@@ -16,18 +16,16 @@ import numpy as np
 import pandas as pd
 
 from .. import data, fmt, stats
-from . import (PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, paired_table,
-               status_line)
+from . import (Analysis, effect_at, ensure_columns, log_ratios, ratio_table,
+               smaller_ratio_claim, status_line)
 
 NAME = "simplicity"
 TITLE = "Simplicity: does SAM find simpler functions than SGD when overparameterized?"
 QUESTION = "Are the functions SAM learns simpler than SGD's once the network is wide?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
 SOURCE = "Shin et al. Sec. 4.1, Fig. 2"
 MEASURES = {"slope_tv": "total variation of the slope", "pieces": "linear pieces"}
 KINK_TOL = 0.5    # a kink: the slope changes by more than this between grid steps
 FIT_FRACTION = 0.05  # a run fits the points if its training MSE < 5% of the targets' variance
-DELTA = math.log(1.1)
 DELTA_REASON = ("×1.1: a 10% simpler function, the smallest difference we would call "
                 "simpler")
 KEEP = ("width", "optimizer", "seed", "status")
@@ -89,22 +87,20 @@ def analyze(runs: pd.DataFrame, cache: str = "results/runs") -> Analysis:
         measures(curves(runs, cache)), on="key", how="left")
     runs = runs.astype({m: float for m in MEASURES})   # all NaN (no probe) stays numeric
     by = ["width", "params"]
-    ratios = {m: paired_table(runs, m, SAM, SGD, by=by, log=True) for m in MEASURES}
+    ratios = log_ratios(runs, {m: m for m in MEASURES}, by)
     widest = runs["width"].max()
     claims = [
-        Claim("widest", f"SAM finds a simpler function than SGD at the widest network (width "
-              f"{widest}): a smaller total variation of the slope", SOURCE,
-              effect_at(ratios["slope_tv"], width=widest), DELTA, DELTA_REASON, direction=-1,
-              unit="ratio"),
-        Claim("pieces_widest", f"SAM's function has fewer linear pieces than SGD's at the "
-              f"widest network (width {widest})", SOURCE,
-              effect_at(ratios["pieces"], width=widest), DELTA, DELTA_REASON, direction=-1,
-              unit="ratio"),
+        smaller_ratio_claim(
+            "widest", f"SAM finds a simpler function than SGD at the widest network (width "
+            f"{widest}): a smaller total variation of the slope", SOURCE,
+            effect_at(ratios["slope_tv"], width=widest), DELTA_REASON),
+        smaller_ratio_claim(
+            "pieces_widest", f"SAM's function has fewer linear pieces than SGD's at the widest "
+            f"network (width {widest})", SOURCE, effect_at(ratios["pieces"], width=widest),
+            DELTA_REASON),
     ]
-    ratio = pd.concat([t.assign(measure=m) for m, t in ratios.items()],
-                      ignore_index=True)[["measure", *by, *PAIRED_COLUMNS]]
     levels = _levels(runs)
-    return Analysis({"ratio": ratio, "levels": levels}, claims,
+    return Analysis({"ratio": ratio_table(ratios, by), "levels": levels}, claims,
                     _facts(runs, levels, widest))
 
 
