@@ -129,19 +129,19 @@ def _data_root(args) -> str:
 def _prepare_data(args) -> str:
     """Unpack the Fashion-MNIST .gz files (--gz, default ./.fmnist if present) into the data
     root, where samkit.data finds them (it checks their sha256 when it loads them)."""
-    from samkit import image_files as data_mod
+    from samkit import image_files
     root = Path(_data_root(args))
     gz = args.gz or (str(REPO / ".fmnist") if (REPO / ".fmnist").is_dir() else None)
     if gz:
         raw = root / "FashionMNIST" / "raw"
-        for name in data_mod.IDX_FILES:
+        for name in image_files.IDX_FILES:
             src, dst = Path(gz) / f"{name}.gz", raw / name
             if dst.is_file():
                 continue
             if not src.is_file():
                 raise SystemExit(f"error: --gz {gz}: missing {src.name}; bring the four "
                                  "Fashion-MNIST .gz files (train/t10k images and labels)")
-            data_mod._gunzip(src, dst)
+            image_files._gunzip(src, dst)
     return str(root)
 
 

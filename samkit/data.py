@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from . import sampling, toy_data
 from .image_files import image_arrays
-# Re-exported: the trainer, the studies and the notebooks read these as samkit.data.*.
+# Re-exported for the trainer, the studies and the notebooks (samkit.data.TOY1D_X, ...);
+# this module itself reads them through toy_data, so patching toy_data reaches both.
 from .toy_data import SYNTH_N_TRAIN, TOY1D_TEST_POINTS, TOY1D_X, TOY1D_Y  # noqa: F401
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "synthetic", "toy1d")
@@ -117,11 +118,11 @@ SPLIT_SIZES = {"fashion_mnist": (60000, 10000), "mnist": (60000, 10000),
 def split_sizes(name: str, n_train: int | None = None) -> tuple[int | None, int]:
     """(training examples available, test examples) of dataset ``name``, without loading it.
     synthetic draws as many training examples as asked (None) and a test set of a quarter of
-    ``n_train`` (default SYNTH_N_TRAIN); toy1d has its 12 points and a test grid."""
+    ``n_train`` (default toy_data.SYNTH_N_TRAIN); toy1d has its 12 points and a test grid."""
     if name == "synthetic":
-        return None, max((SYNTH_N_TRAIN if n_train is None else n_train) // 4, 1)
+        return None, max((toy_data.SYNTH_N_TRAIN if n_train is None else n_train) // 4, 1)
     if name == "toy1d":
-        return len(TOY1D_X), TOY1D_TEST_POINTS
+        return len(toy_data.TOY1D_X), toy_data.TOY1D_TEST_POINTS
     return SPLIT_SIZES[name]
 
 

@@ -144,17 +144,22 @@ def advice(table: pd.DataFrame) -> list[str]:
 def equal_compute(frontier: dict | None) -> list[str]:
     """The frontier study's line of advice: in each setting (width x label noise) the cheapest
     method whose mean test accuracy is within delta of the best method's. A point rule on
-    the means (the page's paired CIs say how sure each step is); [] without frontier results."""
+    the means (the page's paired CIs say how sure each step is); [] without frontier results
+    or without a cell where a run finished."""
     if frontier is None:
         return []
     facts = frontier["metrics"]["facts"]
     picks: dict[str, list[str]] = {}
-    for cell in facts["cells"].split(", "):
+    for cell in filter(None, facts["cells"].split(", ")):
         f = facts[cell]
+        if f["cheapest_method"] == "n/a":  # no run of the cell finished: nothing to pick
+            continue
         picks.setdefault(f["cheapest_method"], []).append(f"width {f['width']} with "
                                                           f"{f['noise']} label noise")
     rule = (f"the cheapest method within {facts['delta_shown']} of the best mean test "
             "accuracy, counting gradient evaluations")
+    if not picks:
+        return []
     if len(picks) == 1:
         (method, where), = picks.items()
         return [f"At equal compute, use {method}: in every setting tested ({'; '.join(where)}) "

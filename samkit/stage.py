@@ -14,7 +14,8 @@ import threading
 import time
 
 from .backup import Backup, remove_dead_temps, restore_dead_backups
-from .signals import STOP_GRACE_S, stop_on_signals
+from . import signals
+from .signals import stop_on_signals
 
 # Pages that are not studies: the front page (all studies' verdicts) and the benchmarks.
 PAGES = {"summary": os.path.join("book", "intro.ipynb"),
@@ -122,7 +123,7 @@ def _execute(src, tmp, parameters, verbose, stop) -> str | None:
         runner.join(0.1)
         if stop.signum:
             stop.stop_kernels()
-            if time.monotonic() - stop.since > 2 * STOP_GRACE_S:
+            if time.monotonic() - stop.since > 2 * signals.STOP_GRACE_S:
                 break  # papermill does not return: leave it (a daemon thread) behind
     return outcome.get("error")
 

@@ -18,7 +18,7 @@ from . import graphs
 from .bn import bn_frozen
 # The public names of a run's parts, importable from here as before the split:
 # train.build(cfg), train.load_for(cfg), train.save_checkpoint(...), train.TrainConfig.
-from .build import build, load_for, pick_device  # noqa: F401
+from .build import build, load_for  # noqa: F401
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
 from .config import TrainConfig  # noqa: F401  (the public name: train.run(TrainConfig(...)))
 from .models import count_params

@@ -29,3 +29,10 @@ def test_methods_that_differ_by_setting_are_each_named_with_their_settings():
 
 def test_no_frontier_results_no_line():
     assert frontpage.equal_compute(None) == []
+
+
+def test_cells_without_a_finished_run_are_left_out():
+    line, = frontpage.equal_compute(meta({"narrow_clean": "SGD 1×", "wide_noisy": "n/a"}))
+    assert "n/a" not in line and "width 512" not in line
+    assert frontpage.equal_compute(meta({"wide_noisy": "n/a"})) == []
+    assert frontpage.equal_compute(meta({})) == []  # no cells at all

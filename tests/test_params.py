@@ -267,3 +267,10 @@ def test_every_config_field_has_its_help_text():
     from samkit import config
     missing = [f for f in config.FIELD_TYPES if f not in config.HELP]
     assert not missing, f"samkit.config.HELP lacks: {missing}"
+
+
+def test_an_empty_params_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(params.ParamsError, match="top level must be a mapping of sections"):
+        params.load(str(path))
