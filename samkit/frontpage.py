@@ -31,7 +31,8 @@ ADVICE = {
     ("compute", "widest_vs_2x"): {
         "supports": "At equal compute SAM still wins: SAM − SGD with twice the epochs = {shown} "
                     "on the widest model.",
-        "contradicts": "At equal compute, spend it on SGD epochs instead: SAM − SGD 2× = "
+        "contradicts": "On clean labels SAM's doubled cost buys nothing that the same passes "
+                       "spent on SGD epochs would not: SAM − SGD with twice the epochs = "
                        "{shown} on the widest model.",
         "cannot tell": "At equal compute SAM and SGD with twice the epochs are not told apart "
                        "({shown})."},
@@ -42,9 +43,9 @@ ADVICE = {
                        "epochs − SGD = {shown}.",
         "cannot tell": "The blog's protocol is not settled at this scale ({shown})."},
     ("frontier", "wide_noisy.sam_k5_vs_sam"): {
-        "supports": "Cheaper SAM has a price: the ascent on one step in 5 (1.2× SGD's "
-                    "gradient evaluations instead of SAM's 2×) loses {shown} against SAM on "
-                    "the widest model with noisy labels.",
+        "supports": "Cheaper SAM has a price on noisy labels: with the ascent on one step in "
+                    "5 (1.2× SGD's gradient evaluations instead of SAM's 2×), SAM every 5 − "
+                    "SAM = {shown} on the widest model.",
         "contradicts": "Save SAM's cost: its ascent on one step in 5 (1.2× SGD's gradient "
                        "evaluations instead of 2×) keeps SAM's accuracy on the widest model "
                        "with noisy labels ({shown} against SAM).",
@@ -163,41 +164,82 @@ def equal_compute(frontier: dict | None) -> list[str]:
     if len(picks) == 1:
         (method, where), = picks.items()
         return [f"At equal compute, use {method}: in every setting tested ({'; '.join(where)}) "
-                f"it is {rule}."]
+                f"it is {rule} (how sure each pick is: the frontier page)."]
     parts = "; ".join(f"{m} at {' and at '.join(w)}" for m, w in picks.items())
-    return [f"At equal compute, use {parts}: in each setting that is {rule}."]
+    return [f"At equal compute, use {parts}: in each setting that is {rule} (how sure each "
+            "pick is: the frontier page)."]
+
+
+# The pp panel's x range: an effect or CI end beyond it (a method that failed to train, tens
+# of pp) is drawn clipped, an arrow at the edge and its value written, so that the effects of
+# 0.2-2 pp the claims are about stay readable.
+FOREST_PP_LIMIT = 6.0
+LABEL_CHARS = 55  # a claim's text is shortened to this in the forest's y labels
 
 
 def forest(table: pd.DataFrame):
     """Every claim's effect with its 95% CI, coloured by verdict, one panel per unit."""
+    import textwrap
+
     import matplotlib.pyplot as plt
     colors = {"supports": "#2a9d8f", "contradicts": "#e76f51", "cannot tell": "#8d99ae"}
     units = [u for u in ("pp", "pp/doubling", "ratio") if u in set(table["unit"])]
     sizes = [max(1, (table["unit"] == u).sum()) for u in units]
-    fig, axes = plt.subplots(len(units), 1, figsize=(8.5, 0.32 * sum(sizes) + 1.2 * len(units)),
-                             gridspec_kw={"height_ratios": sizes}, squeeze=False)
+    height = 0.22 * sum(sizes) + 0.9 * len(units) + 0.6
+    fig, axes = plt.subplots(len(units), 1, figsize=(11, height), squeeze=False,
+                             gridspec_kw={"height_ratios": sizes})
+    # A fixed label column (no tight_layout: it gives up on long labels, with a warning).
+    fig.subplots_adjust(left=0.5, right=0.97, top=1 - 0.45 / height, bottom=0.55 / height,
+                        hspace=0.9 / max(1, np.mean(sizes)) * 2)
     for ax, unit in zip(axes[:, 0], units):
         t = table[table["unit"] == unit].reset_index(drop=True)
         scale = (lambda v: np.exp(v)) if unit == "ratio" else (lambda v: 100 * np.asarray(v))
         est, lo, hi = scale(t["estimate"]), scale(t["ci_low"]), scale(t["ci_high"])
         ys = np.arange(len(t))[::-1]
+        limit = FOREST_PP_LIMIT if unit == "pp" else np.inf
         for y, e, l, h, v in zip(ys, est, lo, hi, t["verdict"]):
-            ax.errorbar([e], [y], xerr=[[max(e - l, 0) if math.isfinite(l) else 0],
-                                       [max(h - e, 0) if math.isfinite(h) else 0]],
-                        fmt="o", color=colors[v], capsize=3)
+            _forest_point(ax, y, e, l, h, colors[v], limit)
+        if unit == "pp" and np.nanmin(np.r_[lo, est]) < -limit or np.nanmax(np.r_[hi, est]) > limit:
+            ax.set_xlim(-limit * 1.08 if np.nanmin(np.r_[lo, est]) < -limit else None,
+                        limit * 1.08 if np.nanmax(np.r_[hi, est]) > limit else None)
         ax.axvline(1 if unit == "ratio" else 0, color="0.3", lw=0.8, ls="--")
-        ax.set_yticks(ys, [f"{s}: {x}" for s, x in zip(t["study"], t["text"])], fontsize=7)
+        # The claim id names the cell (e.g. frontier's wide_noisy.*), which the shortened
+        # text may cut off.
+        labels = [f"{s} {i}: {textwrap.shorten(x, LABEL_CHARS, placeholder=' …')}"
+                  for s, i, x in zip(t["study"], t["id"], t["text"])]
+        ax.set_yticks(ys, labels, fontsize=7)
+        ax.set_ylim(-0.7, len(t) - 0.3)
         if unit == "ratio":
+            from matplotlib.ticker import FixedLocator, NullLocator
             ax.set_xscale("log")
-        ax.set_xlabel({"pp": "SAM − SGD (percentage points)",
+            ax.xaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.5, 1, 2, 5]))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}×")
+        ax.set_xlabel({"pp": "effect (percentage points of test accuracy)",
                        "pp/doubling": "change of SAM's gain per doubling (pp)",
                        "ratio": "SAM / SGD (ratio)"}[unit], fontsize=8)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in
                colors.items()]
     axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right", frameon=True)
-    axes[0, 0].set_title("Every tested claim: effect and 95% CI, coloured by verdict")
-    fig.tight_layout()
+    axes[0, 0].set_title("Every tested claim: effect and 95% CI, coloured by verdict",
+                         fontsize=10)
     return fig
+
+
+def _forest_point(ax, y, e, l, h, color, limit) -> None:
+    """One claim: the estimate and its CI, clipped to ±limit with an arrow and the value."""
+    l = l if math.isfinite(l) else e
+    h = h if math.isfinite(h) else e
+    ce, cl, ch = (float(np.clip(v, -limit, limit)) for v in (e, l, h))
+    ax.errorbar([ce], [y], xerr=[[max(ce - cl, 0)], [max(ch - ce, 0)]], fmt="o",
+                color=color, capsize=3, ms=4)
+    if abs(e) > limit or abs(l) > limit or abs(h) > limit:
+        side = -1 if min(e, l) < -limit else 1
+        ax.annotate(f"{e:+.1f} [{l:+.1f}, {h:+.1f}] pp", (side * limit, y),
+                    xytext=(4 * -side, 3), textcoords="offset points", fontsize=6,
+                    va="bottom", ha="left" if side < 0 else "right", color=color)
+        ax.plot([side * limit * 1.04], [y], marker="<" if side < 0 else ">", color=color,
+                ms=5)
 
 
 def claims_table(table: pd.DataFrame):

@@ -16,7 +16,7 @@ def test_one_method_everywhere_gives_one_recommendation():
     assert lines == ["At equal compute, use SGD 1×: in every setting tested (width 32 with 0% "
                      "label noise; width 512 with 40% label noise) it is the cheapest method "
                      "within 0.30 pp of the best mean test accuracy, counting gradient "
-                     "evaluations."]
+                     "evaluations (how sure each pick is: the frontier page)."]
 
 
 def test_methods_that_differ_by_setting_are_each_named_with_their_settings():

@@ -223,3 +223,35 @@ def test_figure_and_display_table(analysis):
     assert fig.alt_text
     html = frontier.display_table(analysis.tables["methods"]).to_html()
     assert "SAM every 5 ★" in html and "2.00" in html
+
+
+def test_looksam_alpha_line_reports_test_and_train_accuracy_per_alpha():
+    rows = [{"optimizer": "looksam", "looksam_alpha": a, "width": 32, "label_noise": 0.0,
+             "seed": s, "status": "ok" if (a, s) != (0.7, 0) else "diverged",
+             "best_test_acc": acc + 0.01 * s if (a, s) != (0.7, 0) else np.nan,
+             "final_train_acc": train if (a, s) != (0.7, 0) else np.nan}
+            for a, acc, train in [(0.7, 0.40, 0.20), (np.nan, 0.40, 0.20), (0.1, 0.85, 0.93)]
+            for s in (0, 1)]
+    rows = [r for r in rows if not (isinstance(r["looksam_alpha"], float)
+                                    and math.isnan(r["looksam_alpha"]) and r["seed"] == 0)]
+    rows.append({"optimizer": "sgd", "looksam_alpha": 0.7, "width": 32, "label_noise": 0.0,
+                 "seed": 0, "status": "ok", "best_test_acc": 0.9, "final_train_acc": 1.0})
+    line = frontier.looksam_alpha_line(pd.DataFrame(rows))
+    # NaN alpha (a run stored before the field) is the default 0.7; SGD rows are ignored;
+    # α 0.7: seed 0 diverged, seeds 1 (two runs) give 41% test and 20% train
+    assert line == ("width 32, noise 0%: α 0.1: 85.50% test, 93.00% train; "
+                    "α 0.7: 41.00% test, 20.00% train (1 of 3 diverged)")
+    assert frontier.looksam_alpha_line(pd.DataFrame(rows[-1:])) == "n/a"
+
+
+def test_cheapest_within_delta_prefers_sgd_at_equal_cost_when_both_are_within_delta():
+    """Momentum-SAM 0.1 pp above SGD 1× (both 1× the evaluations, both within 0.3 pp of the
+    best): a difference below δ does not buy the more complex method; 1 pp would."""
+    def cell(msam_gain):
+        methods = {m: METHODS[m] for m in ("SGD 1×", "SAM", "Momentum-SAM")}
+        runs = make_runs(methods)
+        bump = (runs["tag"] == "Momentum-SAM") * msam_gain + (runs["tag"] == "SAM") * 0.0015
+        runs["best_test_acc"] = runs["best_test_acc"] + bump
+        return frontier.analyze(runs).facts["narrow_noisy"]["cheapest_method"]
+    assert cell(0.001) == "SGD 1×"
+    assert cell(0.010) == "Momentum-SAM"

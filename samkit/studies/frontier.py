@@ -106,6 +106,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         for (w, p), c in cells.items())
     facts["cells"] = ", ".join(cells.values())
     facts["cost"] = cost_line(table)
+    facts["looksam_alpha"] = looksam_alpha_line(runs)
     return Analysis({"methods": table, "paired": paired}, claims, facts)
 
 
@@ -219,7 +220,8 @@ def _simplest_first(r) -> tuple:
 
 def _cell_facts(t: pd.DataFrame, w, p) -> dict:
     """The prose's numbers of one cell: its frontier from the cheapest method up, the cheapest
-    method within δ of the best mean accuracy, the best."""
+    method within δ of the best mean accuracy, the best. Within δ counts as as good: at equal
+    cost plain SGD is preferred to a SAM variant whose mean is higher by less than δ."""
     ok = t[np.isfinite(t["acc"].astype(float))]
     front = ok[ok["frontier"]].sort_values("grad_evals")
     facts = {"width": int(w), "noise": fmt.rate(p),
@@ -229,8 +231,8 @@ def _cell_facts(t: pd.DataFrame, w, p) -> dict:
     if len(ok):
         best = ok.loc[ok["acc"].idxmax()]
         near = ok[ok["acc"] >= best["acc"] - DELTA].assign(
-            _sgd=ok["optimizer"] != "sgd").sort_values(["grad_evals", "acc", "_sgd", "method"],
-                                                       ascending=[True, False, True, True])
+            _sgd=ok["optimizer"] != "sgd").sort_values(["grad_evals", "_sgd", "acc", "method"],
+                                                       ascending=[True, True, False, True])
         cheap = near.iloc[0]
         facts.update(best=_point(best), cheapest_within_delta=_point(cheap),
                      cheapest_method=cheap["method"])
@@ -254,6 +256,27 @@ def _point(r) -> str:
 
 def _budget(b) -> str:
     return f"{b:.2f}× SGD's evaluations" if np.isfinite(b) else "n/a"
+
+
+def looksam_alpha_line(runs: pd.DataFrame) -> str:
+    """Per cell, every LookSAM α the runs hold: mean test accuracy and mean final training
+    accuracy over its finished runs (and how many diverged). The training accuracy tells a
+    reuse that fails to train (the loss climbs from the first epoch) from one that overfits."""
+    look = ensure_columns(runs[runs["optimizer"] == "looksam"], ("final_train_acc",))
+    if look.empty:
+        return "n/a"
+    look = look.assign(alpha=look["looksam_alpha"].fillna(0.7))
+    cells = []
+    for (w, p), c in look.groupby(CELL):
+        parts = []
+        for a, r in c.groupby("alpha"):
+            ok = r[r["status"] == "ok"]
+            lost = len(r) - len(ok)
+            parts.append(f"α {a:g}: {fmt.pct(_mean(ok[METRIC]))} test, "
+                         f"{fmt.pct(_mean(ok['final_train_acc']))} train"
+                         + (f" ({lost} of {len(r)} diverged)" if lost else ""))
+        cells.append(f"width {w}, noise {fmt.rate(p)}: " + "; ".join(parts))
+    return " | ".join(cells)
 
 
 def cost_line(table: pd.DataFrame) -> str:

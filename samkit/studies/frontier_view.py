@@ -9,6 +9,9 @@ from .. import fmt
 
 # One marker per optimizer family, so a method's family reads without the legend.
 MARKERS = {"sgd": "o", "sam": "s", "asam": "s", "looksam": "^", "msam": "D"}
+# A method whose mean is more than FAR_PP below the cell's best is drawn at the panel's foot
+# with its value written, so one failed method does not squash the others into a line.
+FAR_PP = 6.0
 
 
 def figure(table: pd.DataFrame, meta: dict | None):
@@ -47,6 +50,14 @@ def _panel(ax, t: pd.DataFrame, colors: dict) -> None:
     """One cell's methods as points with CIs (frontier points larger, black-edged), the
     frontier as a step line, and the diverged runs noted at the foot."""
     ok = t[np.isfinite(t["acc"].astype(float))]
+    far = ok["acc"] < ok["acc"].max() - FAR_PP / 100 if len(ok) else ok["acc"].astype(bool)
+    for _, r in ok[far].iterrows():
+        ax.annotate(f"{r['method']}: {100 * r['acc']:.1f}% ↓", (r["grad_evals"] / 1e3, 0),
+                    xycoords=("data", "axes fraction"), textcoords="offset points",
+                    xytext=(0, 12), fontsize=7, ha="center", color=colors[r["method"]])
+        ax.plot([r["grad_evals"] / 1e3], [0.02], marker="v", color=colors[r["method"]],
+                transform=ax.get_xaxis_transform(), ls="", label=r["method"])
+    ok = ok[~far]
     for _, r in ok.iterrows():
         err = [[max(r["acc"] - r["acc_low"], 0) if np.isfinite(r["acc_low"]) else 0],
                [max(r["acc_high"] - r["acc"], 0) if np.isfinite(r["acc_high"]) else 0]]
@@ -64,23 +75,23 @@ def _panel(ax, t: pd.DataFrame, colors: dict) -> None:
         ax.step(x, y, where="post", color="0.3", lw=1.2, ls="--", zorder=0,
                 label="Pareto frontier")
     for _, r in t[t["diverged"] > 0].iterrows():
-        ax.annotate(f"{int(r['diverged'])} diverged", (r["grad_evals"] / 1e3,
-                                                       ax.get_ylim()[0]),
-                    textcoords="offset points", xytext=(0, 3), fontsize=7,
-                    color="crimson", ha="center")
+        ax.annotate(f"{int(r['diverged'])} diverged", (r["grad_evals"] / 1e3, 0),
+                    xycoords=("data", "axes fraction"), textcoords="offset points",
+                    xytext=(0, 22), fontsize=7, color="crimson", ha="center")
 
 
 def _legend(fig, axes, methods: list) -> None:
-    """One legend for all panels, right of them: the methods by cost, then the frontier."""
+    """One legend for all panels, below them: the methods by cost, then the frontier."""
     handles = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
     order = [m for m in methods if m in handles] + [k for k in handles if k not in methods]
     if order:
-        fig.legend([handles[k] for k in order], order, loc="center left", fontsize=8,
-                   bbox_to_anchor=(0.995, 0.5), title="black edge: on the frontier",
-                   title_fontsize=7, frameon=False)
+        fig.legend([handles[k] for k in order], order, loc="upper center", fontsize=9,
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(order)), frameon=False,
+                   title="black edge: on the Pareto frontier; ↓ far below the cell's best",
+                   title_fontsize=8)
 
 
 def display_table(table: pd.DataFrame):
