@@ -132,10 +132,18 @@ def start(work, *cmd, code=None, shell=None):
     env = _env(code or work)
     if shell:
         env["SHELL"] = shell
+    # A foreground job takes Ctrl-C even when the test suite itself runs as a background job
+    # (`pytest &`), which starts with SIGINT ignored: ignored signals survive exec, and
+    # `samkit stage` rightly leaves an ignored SIGINT alone.
     proc = subprocess.Popen(list(cmd), cwd=work, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_default_sigint)
     proc.log = log
     return proc
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def output(proc):
