@@ -183,6 +183,10 @@ def bn_momentum_zero(model):
 
 # --------------------------------------------------------------------------- models and steps
 
+# The benchmarks' short model names -> samkit.models' names.
+MODEL_NAMES = {"mlp": "mlp", "preact18": "preact_resnet18"}
+
+
 def parse_model(spec: str):
     """'mlp-1024' -> ('mlp', 1024); None when ``spec`` is not a valid model name."""
     m = re.fullmatch(r"(mlp|preact18)-([1-9][0-9]*)", spec)
@@ -192,7 +196,7 @@ def parse_model(spec: str):
 def build_model(spec: str) -> nn.Module:
     """The package's own model builder (the trainer's models, not copies)."""
     kind, width = parse_model(spec)
-    return models.build_model({"mlp": "mlp", "preact18": "preact_resnet18"}[kind], width,
+    return models.build_model(MODEL_NAMES[kind], width,
                               IN_SHAPE, NUM_CLASSES)
 
 

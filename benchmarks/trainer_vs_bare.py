@@ -35,7 +35,6 @@ import argparse
 import copy
 import functools
 import gc
-import re
 import statistics
 import sys
 import time
@@ -54,7 +53,8 @@ from samkit.models import count_params
 from samkit.sam import SAM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import _loadavg, bench_provenance, device_info  # noqa: E402  (step_time.py's provenance fields)
+from step_time import MODEL_NAMES, _loadavg, bench_provenance, device_info  # noqa: E402
+from step_time import parse_model as step_time_parse_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "samkit.bench.trainer_vs_bare/1"
@@ -98,11 +98,10 @@ def bare_optimizer(cfg, model):
 # --------------------------------------------------------------------------- configs and data
 
 def parse_model(spec: str):
-    """'mlp-512' -> ('mlp', 512); None when ``spec`` is not a valid model name."""
-    m = re.fullmatch(r"(mlp|preact18)-([1-9][0-9]*)", spec)
-    if m is None:
-        return None
-    return {"mlp": "mlp", "preact18": "preact_resnet18"}[m.group(1)], int(m.group(2))
+    """'mlp-512' -> ('mlp', 512), 'preact18-8' -> ('preact_resnet18', 8): step_time's model
+    names, as the trainer names them; None when ``spec`` is not a valid model name."""
+    parsed = step_time_parse_model(spec)
+    return None if parsed is None else (MODEL_NAMES[parsed[0]], parsed[1])
 
 
 @functools.lru_cache(maxsize=1)

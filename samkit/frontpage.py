@@ -199,9 +199,10 @@ def forest(table: pd.DataFrame):
         limit = FOREST_PP_LIMIT if unit == "pp" else np.inf
         for y, e, l, h, v in zip(ys, est, lo, hi, t["verdict"]):
             _forest_point(ax, y, e, l, h, colors[v], limit)
-        if unit == "pp" and np.nanmin(np.r_[lo, est]) < -limit or np.nanmax(np.r_[hi, est]) > limit:
-            ax.set_xlim(-limit * 1.08 if np.nanmin(np.r_[lo, est]) < -limit else None,
-                        limit * 1.08 if np.nanmax(np.r_[hi, est]) > limit else None)
+        low, high = np.nanmin(np.r_[lo, est]), np.nanmax(np.r_[hi, est])
+        if low < -limit or high > limit:  # never for the unclipped units (limit inf)
+            ax.set_xlim(-limit * 1.08 if low < -limit else None,
+                        limit * 1.08 if high > limit else None)
         ax.axvline(1 if unit == "ratio" else 0, color="0.3", lw=0.8, ls="--")
         # The claim id names the cell (e.g. frontier's wide_noisy.*), which the shortened
         # text may cut off.

@@ -69,8 +69,9 @@ def hyper_key(opt) -> tuple:
 
 
 def train_step(model, opt, loss_fn, x, y, autocast):
-    """One training step as ``samkit.train.train_epoch`` runs it; returns the first pass's loss,
-    detached, in float32. ``autocast()`` makes a fresh autocast context."""
+    """The one training step: ``samkit.train.train_epoch`` runs it eagerly and ``GraphStep``
+    captures it. Returns the first pass's loss, detached, in float32. ``autocast()`` makes a
+    fresh context (torch.autocast, or contextlib.nullcontext when bf16 is off)."""
     if isinstance(opt, MomentumSAM):  # ε is known before the pass: to w̃ first
         opt.first_step(zero_grad=True)
     with autocast():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 
@@ -15,7 +16,6 @@ import torch
 
 from . import data as data_mod
 from . import graphs
-from .bn import bn_frozen
 # The public names of a run's parts, importable from here as before the split:
 # train.build(cfg), train.load_for(cfg), train.save_checkpoint(...), train.TrainConfig.
 from .build import build, load_for  # noqa: F401
@@ -23,7 +23,6 @@ from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
 from .config import TrainConfig  # noqa: F401  (the public name: train.run(TrainConfig(...)))
 from .models import count_params
 from .sam import SAM
-from .sam_variants import MomentumSAM
 
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
 # such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").
@@ -87,9 +86,9 @@ def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None, stepp
     order = torch.randperm(n, generator=g, device=device)
     total = torch.zeros((), device=device)
     # A disabled torch.autocast still costs ~10 us per entry (half the trainer's gap to a bare
-    # loop at width 128, benchmarks/trainer_vs_bare.py): enter one only when bf16 is on.
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16
-                else contextlib.nullcontext())
+    # loop at width 128, benchmarks/trainer_vs_bare.py): make one only when bf16 is on.
+    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+                if cfg.bf16 else contextlib.nullcontext)
     for start in range(0, n, cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
         x, y = data.x_train[idx], data.y_train[idx]
@@ -97,29 +96,11 @@ def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None, stepp
             x = data_mod.augment(x, g)
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if stepper is not None:  # the same step, replayed from a CUDA graph
-            total += stepper(x, y) * len(idx)
-            if progress is not None:
-                progress.update(len(idx))
-            continue
-        if isinstance(opt, MomentumSAM):  # ε is known before the pass: to w̃ first
-            opt.first_step(zero_grad=True)
-        with autocast:
-            loss = loss_fn(model(x), y)  # Momentum-SAM: the loss at w̃, not at w
-        loss.backward()
-        if isinstance(opt, MomentumSAM):
-            opt.second_step(zero_grad=True)
-        elif isinstance(opt, SAM):
-            # The second pass only when the step takes the ascent (always for sam with
-            # sam_interval 1; LookSAM and sam_interval k: one step in k).
-            if opt.first_step(zero_grad=True):
-                with bn_frozen(model), autocast:
-                    loss_fn(model(x), y).backward()
-            opt.second_step(zero_grad=True)
-        else:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        total += loss.detach().float() * len(idx)
+        # The one step definition (graphs.train_step); with compile="graph" the same step,
+        # replayed from a CUDA graph.
+        loss = (stepper(x, y) if stepper is not None
+                else graphs.train_step(model, opt, loss_fn, x, y, autocast))
+        total += loss * len(idx)
         if progress is not None:
             progress.update(len(idx))
     return total

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import fmt, stats
+from ..config import KEY_OMITTED_AT_DEFAULT
 from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
 # The page's figure and table: the notebook calls them as frontier.figure/display_table.
 from .frontier_view import display_table, figure  # noqa: F401
@@ -40,6 +41,9 @@ SOURCES = {"sam_vs_sgd2x": "Shin et al. App. E.4; Foret et al. (two passes per s
 # The page quotes the final training accuracy range, which regime() leaves out when no run
 # finished: "n/a" unless regime() fills it in.
 NO_FINISHED_RUN = {"final_train_acc_min": "n/a", "final_train_acc_max": "n/a"}
+# A stored config leaves out sam_interval and looksam_alpha at these values (NaN in the table).
+DEFAULT_INTERVAL = KEY_OMITTED_AT_DEFAULT["sam_interval"]
+DEFAULT_ALPHA = KEY_OMITTED_AT_DEFAULT["looksam_alpha"]
 TABLE_COLUMNS = [*CELL, "method", "optimizer", "grad_evals", "budget", "train_seconds",
                  "time_ratio", "acc", "acc_low", "acc_high", "n", "diverged",
                  *[f"vs_{r}{s}" for r in ("sam", "sgd2x") for s in ("", "_low", "_high", "_n")],
@@ -49,15 +53,15 @@ TABLE_COLUMNS = [*CELL, "method", "optimizer", "grad_evals", "budget", "train_se
 def method_name(optimizer: str, interval, epochs, base_epochs, alpha=None) -> str:
     """'SGD 2×', 'SAM', 'SAM every 5', 'ASAM every 2', 'LookSAM (k 5)', 'Momentum-SAM', with
     ' 1.5×' appended to a SAM-family method trained for other than the base epochs."""
-    k = 1 if interval is None or pd.isna(interval) else int(interval)
+    k = DEFAULT_INTERVAL if interval is None or pd.isna(interval) else int(interval)
     scale = f"{epochs / base_epochs:g}×"
     if optimizer == "sgd":
         return f"SGD {scale}"
     if optimizer in ("sam", "asam"):
         name = optimizer.upper() + (f" every {k}" if k > 1 else "")
     elif optimizer == "looksam":
-        a = 0.7 if alpha is None or pd.isna(alpha) else float(alpha)
-        name = f"LookSAM (k {k}" + (f", α {a:g}" if a != 0.7 else "") + ")"
+        a = DEFAULT_ALPHA if alpha is None or pd.isna(alpha) else float(alpha)
+        name = f"LookSAM (k {k}" + (f", α {a:g}" if a != DEFAULT_ALPHA else "") + ")"
     elif optimizer == "msam":
         name = "Momentum-SAM"
     else:
@@ -265,7 +269,7 @@ def looksam_alpha_line(runs: pd.DataFrame) -> str:
     look = ensure_columns(runs[runs["optimizer"] == "looksam"], ("final_train_acc",))
     if look.empty:
         return "n/a"
-    look = look.assign(alpha=look["looksam_alpha"].fillna(0.7))
+    look = look.assign(alpha=look["looksam_alpha"].fillna(DEFAULT_ALPHA))
     cells = []
     for (w, p), c in look.groupby(CELL):
         parts = []

@@ -50,7 +50,8 @@ def _panel(ax, t: pd.DataFrame, colors: dict) -> None:
     """One cell's methods as points with CIs (frontier points larger, black-edged), the
     frontier as a step line, and the diverged runs noted at the foot."""
     ok = t[np.isfinite(t["acc"].astype(float))]
-    far = ok["acc"] < ok["acc"].max() - FAR_PP / 100 if len(ok) else ok["acc"].astype(bool)
+    costliest = ok["grad_evals"].max() / 1e3
+    far = ok["acc"] < ok["acc"].max() - FAR_PP / 100
     for _, r in ok[far].iterrows():
         ax.annotate(f"{r['method']}: {100 * r['acc']:.1f}% ↓", (r["grad_evals"] / 1e3, 0),
                     xycoords=("data", "axes fraction"), textcoords="offset points",
@@ -70,7 +71,7 @@ def _panel(ax, t: pd.DataFrame, colors: dict) -> None:
     if len(front):
         # The step runs on to the costliest method: beyond the last frontier point, nothing
         # costlier does better.
-        x = list(front["grad_evals"] / 1e3) + [ok["grad_evals"].max() / 1e3]
+        x = list(front["grad_evals"] / 1e3) + [costliest]
         y = list(100 * front["acc"]) + [100 * front["acc"].iloc[-1]]
         ax.step(x, y, where="post", color="0.3", lw=1.2, ls="--", zorder=0,
                 label="Pareto frontier")
