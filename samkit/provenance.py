@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import platform
 import subprocess
 
@@ -35,7 +36,29 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name (e.g. "AMD EPYC"): another model may round differently."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The vector instruction set ATen's CPU kernels dispatch to (e.g. "AVX512"; lowered by
+    ATEN_CPU_CAPABILITY): it decides the order of float sums, so runs differ across it."""
+    isa = torch.backends.cpu.get_cpu_capability()
+    cbwr = os.environ.get("MKL_CBWR")  # MKL's own kernel choice, forced the same way
+    return f"{isa} (MKL_CBWR={cbwr})" if cbwr else isa
+
+
 def provenance() -> dict:
-    return {"commit": git_commit(), "device": device_name(), "torch": torch.__version__,
+    return {"commit": git_commit(), "device": device_name(), "cpu": cpu_model(),
+            "cpu_isa": cpu_isa(), "torch": torch.__version__,
             "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
