@@ -1,29 +1,59 @@
-"""Keep BatchNorm running statistics out of SAM's second (perturbed) forward pass.
+"""Keep normalisation running statistics out of SAM's second (perturbed) forward pass.
 
 The second pass runs at w + ε; letting it update running mean/var would mix statistics of
-weights the model never has. Turning ``track_running_stats`` off for the pass makes every
-``_BatchNorm`` (1d/2d/3d, SyncBatchNorm, lazy variants, momentum=None) normalise with batch
-statistics and update nothing, not even ``num_batches_tracked``; and unlike momentum=0 it is
-safe when the perturbed pass produces NaN (0·NaN would still poison the buffers).
+weights the model never has. Every module with running statistics is covered:
+
+* BatchNorm (1d/2d/3d, SyncBatchNorm, momentum=None, initialised lazy variants):
+  ``track_running_stats`` is turned off for the pass, so the layer normalises with batch
+  statistics and updates nothing, not even ``num_batches_tracked``; unlike momentum=0 this is
+  safe when the perturbed pass produces NaN (0·NaN would still poison the buffers).
+* InstanceNorm with ``track_running_stats=True``: F.instance_norm updates whatever buffers it
+  is handed, whatever the flag says, so their values are saved on entry and copied back on exit
+  (in place: the buffers keep their addresses).
+* A lazy layer whose first forward runs inside (still uninitialised on entry): its flag is left
+  alone so that it initialises fully, and on exit its statistics are reset to their initial
+  values, as if the perturbed pass had not been seen.
 """
 from contextlib import contextmanager
 
+import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.lazy import LazyModuleMixin
+
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _uninitialised(m):
+    return isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
 
 
 @contextmanager
 def bn_frozen(model: nn.Module):
-    """Context manager: no BatchNorm layer of ``model`` updates its running stats inside.
+    """Context manager: no normalisation layer of ``model`` updates its running stats inside.
 
-    Restores each layer's previous ``track_running_stats`` on exit, also when the body raises.
+    Puts everything back on exit, also when the body raises; nesting is harmless.
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    previous = [m.track_running_stats for m in layers]
+    norms = [m for m in model.modules() if isinstance(m, _NormBase)]
+    lazy = [m for m in norms if _uninitialised(m)]
+    flagged = [m for m in norms if isinstance(m, _BatchNorm) and m not in lazy]
+    previous = [m.track_running_stats for m in flagged]
+    with torch.no_grad():
+        saved = [(m, [(getattr(m, k), getattr(m, k).clone()) for k in _STATS
+                      if getattr(m, k, None) is not None])
+                 for m in norms if not isinstance(m, _BatchNorm) and m not in lazy]
     try:
-        for m in layers:
+        for m in flagged:
             # A layer built without running stats (buffers None) must keep using batch stats.
             m.track_running_stats = False
         yield model
     finally:
-        for m, flag in zip(layers, previous):
+        for m, flag in zip(flagged, previous):
             m.track_running_stats = flag
+        with torch.no_grad():
+            for _, buffers in saved:
+                for buf, value in buffers:
+                    buf.copy_(value)
+            for m in lazy:
+                if not _uninitialised(m):
+                    m.reset_running_stats()  # no-op without tracked stats

@@ -15,13 +15,24 @@ the others are plain base-optimizer steps: (k+1)/k evaluations per step, counted
 from __future__ import annotations
 
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 from torch.optim import Optimizer
 
 from .bn import bn_frozen
-from .sam_ops import foreach_scale_add_, global_norm, merge_overflow
+from .sam_ops import foreach_scale_add_, global_norm, scaler_step, unscaled
 from .sam_state import SAMState
+
+# torch.compile: Dynamo (torch 2.14) silently drops attribute writes on torch.optim.Optimizer
+# objects, so a traced step forgot w (``_perturbed``), the step count and ``grad_evals``, and
+# updated as if ε were never undone. The methods that move weights or keep step state run
+# eagerly instead: a graph break, the model's forward and backward around them still compile.
+# With fullgraph=True this is the error the user sees, hence the advice in it.
+eager_under_compile = torch.compiler.disable(
+    reason="samkit: SAM's first_step/second_step/restore run eagerly (Dynamo drops attribute "
+           "writes on optimizer objects, which would silently leave w + eps in place); compile "
+           "the model, or your step without fullgraph=True")
 
 
 class SAM(SAMState, Optimizer):
@@ -31,6 +42,12 @@ class SAM(SAMState, Optimizer):
     ``**base_kwargs`` (so per-group ``rho``/``lr``/``weight_decay`` all work), or an optimizer
     instance already built on the same parameters (the style of the blog seed), whose
     param_groups SAM then shares.
+
+    ASAM (``adaptive=True``) gives T = |w| + η to every parameter of a group; ``adaptive``
+    is a per-group key. The official ASAM code (Kwon et al., SamsungLabs/ASAM, asam.py) gives
+    T only to parameters whose name contains "weight" (the others are perturbed along g, and
+    all share the one norm): pass those in a group of their own with ``"adaptive": False`` to
+    get its rule (README, "SAM as a drop-in"). davda54/sam's ASAM has T = |w|: ``eta=0``.
 
     ``interval=k`` (the ``interval`` of MosaicML Composer's SAM): only steps k, 2k, 3k, ...
     (counting from 1) take the ascent and the second pass; the other steps are plain
@@ -141,6 +158,7 @@ class SAM(SAMState, Optimizer):
                 # occurrence of a token: coalesce (sum duplicates) before taking its norm.
                 yield group, ps, [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in ps]
 
+    @eager_under_compile
     @torch.no_grad()
     def first_step(self, zero_grad=False, grad_scaler=None):
         """Move to the adversarial point w + ε, remembering w. Returns ``needs_second_pass``:
@@ -153,13 +171,19 @@ class SAM(SAMState, Optimizer):
         With an fp16 ``torch.amp.GradScaler``, pass it here and to ``second_step``: the
         gradients are unscaled first (ε does not depend on the loss scale, but the overflow
         check does), and a non-finite gradient gives ε = 0 instead of poisoning the weights.
+        This pass is unscaled under a key of SAM's own, so ``grad_scaler.unscale_(opt)`` stays
+        free for the second pass: unscale, clip, then ``second_step`` (the usual AMP recipe).
         """
+        self._first_pass_key = None
         if not self.needs_second_pass:
             if zero_grad:
                 self._stash_grads()
             return False
         if grad_scaler is not None:
-            grad_scaler.unscale_(self)
+            # GradScaler keys its per-optimizer state by id(): this object lives until
+            # second_step, which merges this pass's overflow flags into the update's.
+            self._first_pass_key = SimpleNamespace(param_groups=self.param_groups)
+            grad_scaler.unscale_(self._first_pass_key)
         grads = list(self._grads())
         self._first_pass(grads)
         groups = []
@@ -229,6 +253,7 @@ class SAM(SAMState, Optimizer):
             state["w"] = torch.empty_like(p, memory_format=torch.preserve_format)
         return state["w"]
 
+    @eager_under_compile
     @torch.no_grad()
     def restore(self):
         """Put back the weights saved by ``first_step`` (exactly: a copy, not w + ε - ε)."""
@@ -240,14 +265,24 @@ class SAM(SAMState, Optimizer):
                 torch._foreach_copy_(ps, saved)
         self._perturbed = []
 
+    @eager_under_compile
     @torch.no_grad()
     def second_step(self, zero_grad=False, grad_scaler=None):
         """Return to w and apply the base optimizer with the gradient taken at w + ε (on a
         step that skipped the ascent: with the gradient at w). Ends the step.
 
         With ``grad_scaler`` the update goes through ``grad_scaler.step`` and is skipped when
-        either pass overflowed; call ``grad_scaler.update()`` afterwards as usual.
+        either pass overflowed; call ``grad_scaler.update()`` afterwards as usual. To clip,
+        call ``grad_scaler.unscale_(opt)`` and clip before this, as with any optimizer.
         """
+        if self._stashed and grad_scaler is not None and unscaled(grad_scaler, self):
+            # The gradient the update uses was set aside: the caller's clipping saw none.
+            raise RuntimeError(
+                f"{type(self).__name__}: grad_scaler.unscale_(opt) was called on a step without "
+                "the ascent (interval), after first_step(zero_grad=True) had set its gradient "
+                "aside, so unscale_ and any clipping saw no gradient. To clip on such steps, "
+                "call first_step(zero_grad=opt.needs_second_pass, ...): it then leaves the "
+                "gradient in place")
         sam_step = self.needs_second_pass
         self.restore()
         for p, g in self._stashed:  # a skipped step's gradient at w (see first_step)
@@ -257,8 +292,9 @@ class SAM(SAMState, Optimizer):
         if grad_scaler is None:
             self.base_optimizer.step()
         else:
-            merge_overflow(grad_scaler, self, self.base_optimizer)
-            grad_scaler.step(self.base_optimizer)
+            scaler_step(grad_scaler, self.base_optimizer, self,
+                        getattr(self, "_first_pass_key", None))
+        self._first_pass_key = None
         # An LR scheduler watches ``step`` for this flag; second_step is the step of the
         # two-pass form, so mark it too (else every epoch warns "lr_scheduler.step() before
         # optimizer.step()").
@@ -272,9 +308,15 @@ class SAM(SAMState, Optimizer):
         """Hook: may change the gradients the base optimizer is about to use (LookSAM)."""
 
     def step(self, closure=None, model=None):
-        """One full SAM step. ``closure`` runs forward + backward and returns the loss; it is
-        called twice (once on a step that skips the ascent), each time on zeroed gradients.
-        Returns the loss of the first pass.
+        """One full SAM step. ``closure`` runs forward + backward and returns the loss.
+
+        If no parameter holds a gradient, the closure runs the first pass too: it is called
+        twice (once on a step that skips the ascent), and the first pass's loss is returned.
+        If gradients are there (not None), they are the first pass: the loop of davda54/sam
+        and pytorch_optimizer, ``loss.backward(); opt.step(closure)``, costs its two passes,
+        the closure runs only at w + ε, and None is returned, as there. The step ends with
+        every ``.grad`` set to None, so the next step cannot take this one's for its first
+        pass.
 
         ``model``: the module the closure runs. When given, the second (perturbed) pass runs
         under ``bn_frozen(model)``, so BatchNorm running statistics are updated once per step,
@@ -286,13 +328,14 @@ class SAM(SAMState, Optimizer):
             raise RuntimeError(f"{type(self).__name__}.step needs a closure (forward + backward, "
                                "returning the loss); or call first_step() and second_step() "
                                "yourself")
-        self.zero_grad()
-        with torch.enable_grad():
-            loss = closure()
+        loss = None
+        if not any(p.grad is not None for p in self._params()):
+            with torch.enable_grad():
+                loss = closure()
         if self.first_step(zero_grad=True):
             with torch.enable_grad(), (bn_frozen(model) if model is not None else nullcontext()):
                 closure()
-        self.second_step()
+        self.second_step(zero_grad=True)
         return loss
 
     def zero_grad(self, set_to_none: bool = True):

@@ -1,5 +1,5 @@
 """The tensor operations of a SAM step that are not SAM's own logic: the global gradient norm,
-the scaled in-place add of ε, and GradScaler's overflow flags carried across SAM's two passes.
+the scaled in-place add of ε, and the GradScaler step over SAM's two passes.
 
 None reads a tensor back to the host, so a step stays asynchronous on a GPU and capturable in a
 CUDA graph.
@@ -7,6 +7,7 @@ CUDA graph.
 from __future__ import annotations
 
 import torch
+from torch.amp.grad_scaler import OptState
 
 
 def global_norm(tensor_lists):
@@ -50,18 +51,31 @@ def foreach_scale_add_(params, directions, scale):
             p.add_(d * scale.to(p.device))
 
 
-def merge_overflow(scaler, first, second):
-    """Make ``scaler.step(second)`` see an overflow recorded when ``first`` was unscaled.
+def unscaled(scaler, opt):
+    """Whether ``scaler.unscale_(opt)`` was called since the last ``scaler.update()``."""
+    state = scaler._per_optimizer_states.get(id(opt)) if scaler.is_enabled() else None
+    return state is not None and state["stage"] is OptState.UNSCALED
 
-    GradScaler keeps found-inf flags per optimizer; SAM's two passes are unscaled under two
-    optimizer objects, so the second must inherit the first's flags for the skip to cover both.
+
+def scaler_step(scaler, base, sam, first_pass=None):
+    """``scaler.step(base)`` for SAM's update: skipped when either pass overflowed.
+
+    GradScaler keeps found-inf flags per optimizer object. SAM's first pass was unscaled under
+    ``first_pass`` (a key of SAM's own; None when the step had no first-pass unscale); the
+    second is unscaled under ``sam``: by the caller (``scaler.unscale_(opt)`` to clip, the
+    usual recipe) or here. ``base`` then steps with the flags of both passes.
     """
-    states = getattr(scaler, "_per_optimizer_states", None)
-    if not states or id(first) not in states:
+    if not scaler.is_enabled():
+        base.step()
         return
-    if not states[id(second)]["found_inf_per_device"]:
-        scaler.unscale_(second)
-    mine = states[id(second)]["found_inf_per_device"]
-    for device, flag in states[id(first)]["found_inf_per_device"].items():
-        if device in mine:
-            mine[device] += flag.to(mine[device].device)
+    states = scaler._per_optimizer_states
+    if not unscaled(scaler, sam):
+        scaler.unscale_(sam)
+    flags = dict(states[id(sam)]["found_inf_per_device"])
+    if first_pass is not None:
+        for device, flag in states[id(first_pass)]["found_inf_per_device"].items():
+            flags[device] = flags[device] + flag.to(device) if device in flags else flag
+    # The base's gradients are SAM's, already unscaled: mark them so, or scaler.step would
+    # unscale them a second time.
+    states[id(base)].update(stage=OptState.UNSCALED, found_inf_per_device=flags)
+    scaler.step(base)

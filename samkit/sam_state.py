@@ -37,10 +37,23 @@ class SAMState:
         return {"base_optimizer": self.base_optimizer.state_dict(),
                 "sam": {"steps": self._sam_steps, "grad_evals": self.grad_evals, "state": own}}
 
+    # The per-parameter state of davda54/sam and pytorch_optimizer's SAM: the weights before
+    # the ascent ("old_p"; "e_w" in davda54's first version), scratch of a finished step.
+    _PEER_SCRATCH = ("old_p", "e_w")
+
     def load_state_dict(self, state_dict):
+        """Load a dict saved by ``state_dict()``, or one saved by davda54/sam or
+        pytorch_optimizer's SAM (``Optimizer.state_dict()`` of SAM itself: the shared param
+        groups with rho/adaptive and the base's hyperparameters, and per-parameter "old_p").
+        Theirs hold no base-optimizer state (momentum, Adam moments) and no step count: those
+        start afresh, as they do when those SAMs load their own dicts. Their ASAM has no η
+        (T = |w|): build this SAM with ``eta=0`` to continue such a run."""
         if "base_optimizer" not in state_dict:
-            raise ValueError("SAM.load_state_dict: expected a dict saved by SAM.state_dict() "
-                             "with key 'base_optimizer'")
+            if "param_groups" not in state_dict:
+                raise ValueError("SAM.load_state_dict: expected a dict saved by SAM.state_dict() "
+                                 "(key 'base_optimizer') or an Optimizer.state_dict() of "
+                                 "davda54/sam or pytorch_optimizer's SAM (key 'param_groups')")
+            state_dict = self._from_peer(state_dict)
         self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
         # load_state_dict rebuilds the group dicts: share them again.
         self.param_groups = self.base_optimizer.param_groups
@@ -48,6 +61,15 @@ class SAMState:
         self._sam_steps = int(own.get("steps", 0))
         self.grad_evals = int(own.get("grad_evals", 0))
         self._load_persistent(own.get("state", {}))
+
+    def _from_peer(self, peer):
+        """A peer SAM's ``Optimizer.state_dict()`` in this class's format."""
+        state = {}
+        for i, kept in peer.get("state", {}).items():
+            kept = {k: v for k, v in kept.items() if k not in self._PEER_SCRATCH}
+            if kept:
+                state[i] = kept
+        return {"base_optimizer": {"state": state, "param_groups": peer["param_groups"]}}
 
     def _load_persistent(self, saved):
         """Replace the per-parameter state that outlives a step with ``saved``'s."""

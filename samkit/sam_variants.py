@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .sam import SAM
+from .sam import SAM, eager_under_compile
 from .sam_ops import global_norm
 
 
@@ -159,6 +159,7 @@ class MomentumSAM(SAM):
     def needs_second_pass(self):
         return False
 
+    @eager_under_compile  # it moves the weights and remembers w, as SAM's (see samkit.sam)
     @torch.no_grad()
     def first_step(self, zero_grad=False, grad_scaler=None):
         """Move to w̃ = w − ρ·v/‖v‖ (call BEFORE the forward pass), remembering w. Returns

@@ -1,4 +1,4 @@
-"""bn_frozen: SAM's perturbed pass leaves every BatchNorm's running statistics alone.
+"""bn_frozen: SAM's perturbed pass leaves every normalisation layer's running statistics alone
 
 Reference: the statistics after one plain training-mode forward at the unperturbed weights
 (what SGD would record), and batch normalisation written out by hand.
@@ -167,3 +167,131 @@ def test_lazy_batchnorm_is_covered():
     for k, v in _buffers(model).items():
         assert torch.equal(v, before[k]), k
     assert int(model[0].num_batches_tracked) == 1 and model[0].track_running_stats
+
+
+# --------------------------------------------------------------------------- InstanceNorm, lazy
+
+# InstanceNorm with tracked statistics: F.instance_norm updates the buffers it is handed
+# whatever track_running_stats says, so turning the flag off (enough for BatchNorm) is not.
+INSTANCE = {
+    "in1d": (lambda: nn.Conv1d(2, 3, 3, padding=1), nn.InstanceNorm1d, (2, 5)),
+    "in2d": (lambda: nn.Conv2d(2, 3, 3, padding=1), nn.InstanceNorm2d, (2, 4, 4)),
+    "in3d": (lambda: nn.Conv3d(2, 3, 3, padding=1), nn.InstanceNorm3d, (2, 3, 3, 3)),
+}
+
+
+def _instance_model(kind, seed=0):
+    mix, norm, shape = INSTANCE[kind]
+    torch.manual_seed(seed)
+    model = nn.Sequential(mix(), norm(3, affine=True, track_running_stats=True), nn.ReLU(),
+                          nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(2, *shape))
+    model = model.to(DT)
+    model[1].reset_running_stats()
+    return model, shape
+
+
+def _instance_norm_by_hand(x, m):
+    """Each example's channels normalised over their own positions (biased variance)."""
+    dims = list(range(2, x.dim()))
+    view = [1, -1] + [1] * (x.dim() - 2)
+    y = (x - x.mean(dims, keepdim=True)) / torch.sqrt(x.var(dims, unbiased=False, keepdim=True)
+                                                      + m.eps)
+    return y * m.weight.view(view) + m.bias.view(view)
+
+
+@pytest.mark.parametrize("kind", list(INSTANCE))
+def test_instance_norm_with_tracked_stats_records_one_plain_pass(kind):
+    model, shape = _instance_model(kind)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    seen = {}
+    model[1].register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    for _ in range(3):
+        x = torch.randn(6, *shape, generator=g, dtype=DT) + 1.0
+        y = torch.randint(0, 3, (6,), generator=g)
+        ref = copy.deepcopy(model)  # unperturbed weights, statistics so far
+        ref(x)
+        F.cross_entropy(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        with bn_frozen(model):
+            F.cross_entropy(model(x), y).backward()
+            torch.testing.assert_close(seen["y"], _instance_norm_by_hand(seen["x"], model[1]),
+                                       rtol=1e-10, atol=1e-12)
+        opt.second_step(zero_grad=True)
+        for k, v in _buffers(ref).items():
+            assert torch.equal(_buffers(model)[k], v), k
+    assert model[1].track_running_stats
+    assert not torch.equal(model[1].running_mean, torch.zeros(3, dtype=DT))
+
+
+def test_instance_norm_eval_mode_and_nan_pass_leave_stats_alone():
+    model, shape = _instance_model("in2d")
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        model(torch.randn(8, *shape, generator=g, dtype=DT) + 2.0)
+    before = _buffers(model)
+    with bn_frozen(model):
+        model(torch.full((4, *shape), float("nan"), dtype=DT))
+    for k, v in _buffers(model).items():
+        assert torch.equal(v, before[k]), k
+    model.eval()  # eval: normalise with the running statistics, inside as outside
+    seen = {}
+    model[1].register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    with bn_frozen(model):
+        model(torch.randn(4, *shape, generator=g, dtype=DT))
+    m = model[1]
+    view = [1, -1, 1, 1]
+    want = ((seen["x"] - m.running_mean.view(view)) / torch.sqrt(m.running_var.view(view) + m.eps)
+            * m.weight.view(view) + m.bias.view(view))
+    torch.testing.assert_close(seen["y"], want, rtol=1e-10, atol=1e-12)
+
+
+LAZY = {
+    "lazy_bn1d": (nn.LazyBatchNorm1d, nn.BatchNorm1d, (3,)),
+    "lazy_bn2d": (nn.LazyBatchNorm2d, nn.BatchNorm2d, (3, 4, 4)),
+    "lazy_bn3d": (nn.LazyBatchNorm3d, nn.BatchNorm3d, (3, 2, 2, 2)),
+    "lazy_in2d": (lambda: nn.LazyInstanceNorm2d(affine=True, track_running_stats=True),
+                  lambda c: nn.InstanceNorm2d(c, affine=True, track_running_stats=True),
+                  (3, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("kind", list(LAZY))
+def test_lazy_layer_first_run_inside_is_initialised_and_records_nothing(kind):
+    """A lazy layer whose first forward is the perturbed pass: initialised (the next forward
+    works), with the statistics of a fresh layer; the next plain pass records as a fresh eager
+    layer would."""
+    lazy, eager, shape = LAZY[kind]
+    g = torch.Generator().manual_seed(4)
+    x1 = torch.randn(5, *shape, generator=g) + 1.0
+    x2 = torch.randn(5, *shape, generator=g) - 1.0
+    model = nn.Sequential(lazy())
+    with bn_frozen(model):
+        model(x1)
+    ref = eager(shape[0])  # a fresh layer: running mean 0, var 1, no batch tracked
+    for k, v in _buffers(ref).items():
+        assert torch.equal(_buffers(model[0])[k], v), k
+    model(x2)  # raised "has not been fully initialized" when the flag was off inside
+    ref(x2)
+    for k, v in _buffers(ref).items():
+        assert torch.equal(_buffers(model[0])[k], v), k
+
+
+def test_instance_norm_and_lazy_restored_when_body_raises_and_nested():
+    model = nn.Sequential(nn.InstanceNorm1d(3, track_running_stats=True), nn.LazyBatchNorm1d(),
+                          nn.InstanceNorm1d(3))  # the last tracks nothing: nothing to keep
+    before = _buffers(model[0])
+    with pytest.raises(KeyError):
+        with bn_frozen(model):
+            with bn_frozen(model):  # nesting is harmless
+                model(torch.randn(4, 3, 5) + 3.0)
+            model(torch.randn(4, 3, 5) + 3.0)
+            raise KeyError("boom")
+    for k, v in _buffers(model[0]).items():
+        assert torch.equal(v, before[k]), k
+    assert [m.track_running_stats for m in model] == [True, True, False]
+    assert torch.equal(model[1].running_mean, torch.zeros(3))
+    assert int(model[1].num_batches_tracked) == 0
+    model(torch.randn(4, 3, 5))  # initialised: runs outside the block
+    assert int(model[1].num_batches_tracked) == 1

@@ -591,6 +591,102 @@ def test_grad_scaler_with_fused_adam_base():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def _clip(g, max_norm):
+    """torch.nn.utils.clip_grad_norm_'s rule: g · min(1, c/(‖g‖ + 1e-6)), one norm over all."""
+    norm = torch.sqrt(sum((v * v).sum() for v in g.values() if v is not None))
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return {k: None if v is None else v * coef for k, v in g.items()}, norm
+
+
+def _ref_sgd_clipped(model, hp, batches, max_norm, sam_steps):
+    """SAM + SGD(momentum, weight decay) by hand, with the update's gradient clipped (the
+    gradient at w + ε on a SAM step, at w on the others); ``sam_steps(t)`` picks the SAM steps.
+    Also returns the gradient norms before clipping (to check the clip binds)."""
+    w = {k: p.detach().clone() for k, p in model.named_parameters()}
+    buf, norms = {}, []
+    for t, (x, y) in enumerate(batches):
+        if sam_steps(t):
+            g = _sam_grad(model, w, x, y, {k: hp[k]["rho"] for k in w})
+        else:
+            g = _grads(model, w, x, y)
+        g, norm = _clip(g, max_norm)
+        norms.append(norm)
+        for k in w:
+            h = hp[k]
+            d = g[k] + h["weight_decay"] * w[k]
+            buf[k] = d.clone() if k not in buf else h["momentum"] * buf[k] + d
+            w[k] = w[k] - h["lr"] * buf[k]
+    return w, norms
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_grad_scaler_clipping_recipe_matches_float64_derivation(interval):
+    """The usual AMP clipping recipe: scaler.unscale_(opt), clip, second_step(grad_scaler).
+    It raised "unscale_() has already been called" (first_step had unscaled under opt).
+    float64 and power-of-two scales: the scaled run differs from the reference by rounding
+    only (1e-12, as the other scaler tests)."""
+    model, batches, max_norm = _mlp(), _batches(4, (5,)), 0.15
+    hp = {k: dict(rho=0.1, lr=0.05, momentum=0.9, weight_decay=5e-4)
+          for k, _ in model.named_parameters()}
+    ref, norms = _ref_sgd_clipped(model, hp, batches, max_norm,
+                                  lambda t: (t + 1) % interval == 0)
+    assert all(n > 2 * max_norm for n in norms)  # the clip binds on every step
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, momentum=0.9,
+              weight_decay=5e-4, interval=interval)
+    scaler = _scaler(init_scale=2.0 ** 12)
+    for x, y in batches:
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        # zero_grad only on a SAM step: on a step without the ascent the gradient stays in
+        # place for unscale_ and the clip (with interval=1 this is zero_grad=True)
+        if opt.first_step(zero_grad=opt.needs_second_pass, grad_scaler=scaler):
+            scaler.scale(F.cross_entropy(model(x), y)).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.second_step(zero_grad=True, grad_scaler=scaler)
+        scaler.update()
+    _assert_weights(model, ref)
+    assert scaler.get_scale() == 2.0 ** 12
+
+
+@pytest.mark.parametrize("where", ["first", "second"])
+def test_grad_scaler_clipping_recipe_skips_on_overflow(where):
+    model = _amp_net()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, momentum=0.9)
+    scaler = _scaler(init_scale=2.0 ** 12)
+    x, y = _xy(torch.Generator().manual_seed(0))
+    _scaled_sam_step(model, opt, scaler, x, y)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(F.cross_entropy(model(x), y)).backward()
+    if where == "first":
+        model[0].weight.grad[0, 0] = float("inf")
+    opt.first_step(zero_grad=True, grad_scaler=scaler)
+    with bn_frozen(model):
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+    if where == "second":
+        model[3].bias.grad[1] = float("inf")
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.second_step(zero_grad=True, grad_scaler=scaler)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert scaler.get_scale() == 2.0 ** 11
+
+
+def test_grad_scaler_unscale_of_a_set_aside_gradient_is_refused():
+    """interval: first_step(zero_grad=True) on a step without the ascent sets the gradient
+    aside; unscale_ and a clip then see none. One clear error, nothing moved."""
+    model, (x, y) = _mlp(), _batches(1, (5,))[0]
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, interval=2)
+    scaler = _scaler(init_scale=2.0 ** 12)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(F.cross_entropy(model(x), y)).backward()
+    assert not opt.first_step(zero_grad=True, grad_scaler=scaler)
+    scaler.unscale_(opt)
+    with pytest.raises(RuntimeError, match="zero_grad=opt.needs_second_pass"):
+        opt.second_step(zero_grad=True, grad_scaler=scaler)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
 def test_fp16_autocast_with_scaler_runs_close_to_fp32():
     m1, m2 = _amp_net(), _amp_net(dtype=DT)  # the reference runs in float64
     o1 = SAM(m1.parameters(), torch.optim.SGD, rho=0.05, lr=0.05)
