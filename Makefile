@@ -1,9 +1,21 @@
-# `make repro`: set up everything and run the pipeline (dvc repro) on the default profile.
-# `make test`:  set up everything and run the test suite.
-PY := .venv/bin/python
-STAMP := .venv/.installed
+# `make repro`:   set up everything and run the pipeline (dvc repro) on the default profile; it
+#                 ends with one line: runs replayed from the run cache, runs trained.
+# `make retrain`: every run trained again into a fresh run cache (hours), then the pipeline.
+# `make test`:    set up everything and run the test suite.
+# `make book`:    build the book's HTML (book/_build/html), warnings as errors: what CI publishes
+#                 and what the tests build (on a copy: `make -o setup book BOOK_DIR=<copy>`,
+#                 VENV=<their environment>).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Touched when a repro starts: run-cache entries newer than it were trained by this repro.
+REPRO_START := $(VENV)/.repro-start
+# Where `make retrain` moves the run cache it replaces (kept, not deleted: it may hold runs that
+# are not committed yet).
+OLD_RUNS := results/runs.before-retrain
+BOOK_DIR ?= book
 
-.PHONY: setup repro test book bench clean-book
+.PHONY: setup repro retrain test book bench clean-book
 
 setup: $(STAMP)
 
@@ -14,20 +26,31 @@ $(STAMP): requirements.lock pyproject.toml
 	  command -v chromium >/dev/null || need="$$need chromium"; \
 	  if [ -n "$$need" ]; then apt-get update -q && apt-get install -y -q $$need; fi; \
 	fi
-	test -x $(PY) || python3 -m venv .venv
+	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# DVC skips an up-to-date book stage, but a fresh clone has no HTML yet: build it then.
 repro: setup
-	. .venv/bin/activate && dvc repro
+	@touch $(REPRO_START)
+	. $(VENV)/bin/activate && dvc repro
+	@test -f book/_build/html/index.html || $(MAKE) --no-print-directory book
+	@$(PY) -m samkit.results $(REPRO_START)
+
+retrain: setup
+	@if [ -e $(OLD_RUNS) ]; then echo "error: $(OLD_RUNS) exists (the cache an earlier retrain replaced): move it away first" >&2; exit 1; fi
+	@touch $(REPRO_START)
+	if [ -d results/runs ]; then mv results/runs $(OLD_RUNS); fi
+	. $(VENV)/bin/activate && python -m samkit sweep && dvc repro -f
+	@$(PY) -m samkit.results $(REPRO_START)
 
 test: setup
-	. .venv/bin/activate && python -m pytest -q
+	. $(VENV)/bin/activate && python -m pytest -q
 
 book: setup
-	. .venv/bin/activate && jupyter-book build book/ -W -n --keep-going
+	. $(VENV)/bin/activate && jupyter-book build $(BOOK_DIR)/ -W -n --keep-going
 
 bench: setup
-	. .venv/bin/activate && python benchmarks/step_time.py
+	. $(VENV)/bin/activate && python benchmarks/step_time.py

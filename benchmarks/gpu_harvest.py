@@ -509,7 +509,7 @@ def _train_run(arm, d: Path, manifest, progress: _Progress, concurrent: int, dat
                                   f"beside {concurrent - 1} other run(s) on one GPU: its times "
                                   "(seconds, train_seconds) are shared-GPU times"
                                   if concurrent > 1 else "alone on the GPU")}}
-        _write_json(runs / f"{key}.json", result)
+        _write_json(runs / f"{key}.json", sweep.sealed(result))  # the run cache refuses unsealed files
         ckpt = runs / f"{key}.ckpt"
         if ckpt.exists():
             ckpt.unlink()

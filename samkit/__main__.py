@@ -1,4 +1,5 @@
-"""Command line: ``python -m samkit {train,validate,sweep,stage} ...`` (``--help`` on each)."""
+"""Command line: ``python -m samkit {train,validate,sweep,stage,cache} ...`` (``--help`` on
+each)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import time
 from .signals import interrupts_forwarded
 from .stage import PAGES, params_errors
 from .config import HELP, TrainConfig
+
 
 def _help(name: str) -> str:
     # A field added to TrainConfig without a line here still gets its flag (and the CLI works).
@@ -54,54 +56,102 @@ def cmd_train(args, parser):
         parser.error(str(e))
     if args.data_root:
         os.environ["SAMKIT_DATA"] = args.data_root
+    from .checkpoint import CheckpointError
     from .train import load_for, run
     try:  # a missing, corrupt or too small dataset: one line that says how to fix it
         data = load_for(cfg)
     except (OSError, RuntimeError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    result = run(cfg, checkpoint=args.checkpoint, quiet=args.quiet, data=data)
+    try:
+        result = run(cfg, checkpoint=args.checkpoint, quiet=args.quiet, data=data)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if not args.history:
         result.pop("history")
     print(json.dumps(result, indent=1))
 
 
 def cmd_validate(args, parser):
-    from .params import ParamsError, load
+    from .params import MAX_CORE_HOURS, STUDIES, ParamsError, load
+    from . import sweep
     try:
-        load(args.params)
+        params = load(args.params)
     except ParamsError as e:
         return params_errors(e)
     print(f"{args.params}: ok")
+    configs = _configs(params, params["profile"], [s for s in STUDIES if s in params])
+    todo, hours = sweep.estimate(configs, args.cache)
+    limit = params.get("max_core_hours", MAX_CORE_HOURS)
+    print(f"profile {params['profile']}: {len(configs)} runs, {len(todo)} not in the run cache "
+          f"{args.cache}: an estimated {hours:,.1f} core-hours"
+          + (f", over max_core_hours {limit:g}: `samkit sweep` and the stages start them only "
+             "with --yes" if hours > limit else ""))
     return 0
+
+
+def _configs(params, profile, studies) -> dict:
+    """{run key: config} of ``studies`` under ``profile``, each run once (studies share
+    runs), in their order."""
+    from .params import study_configs
+    from . import sweep
+    configs = {}
+    for name in studies:
+        for cfg in study_configs(name, params[name], profile):
+            configs.setdefault(sweep.run_key(cfg), cfg)
+    return configs
+
+
+def _over_budget(what, configs, cache, params, params_path, yes, workers=None) -> bool:
+    """Print the runs ``cache`` lacks and their estimated cost (samkit.sweep.estimate); True,
+    after one ``error:`` line, when that is over params' max_core_hours and not ``yes``."""
+    from .params import MAX_CORE_HOURS
+    from . import sweep
+    todo, hours = sweep.estimate(configs, cache)
+    if not todo:
+        return False
+    limit = params.get("max_core_hours", MAX_CORE_HOURS)
+    workers = min(workers or sweep.default_workers(), len(todo))
+    cost = (f"{len(todo)} runs to train, an estimated {hours:,.1f} core-hours (about "
+            f"{hours / workers:,.1f} h on {workers} workers)")
+    if hours > limit and not yes:
+        print(f"error: {what}: {cost}; allowed: at most max_core_hours {limit:g} unless "
+              f"confirmed: pass --yes, or raise max_core_hours in {params_path}",
+              file=sys.stderr)
+        return True
+    print(f"{what}: {cost}", flush=True)
+    return False
 
 
 def cmd_sweep(args, parser):
     """Train every missing run of the chosen studies into the run cache (no notebooks): the
     long part of `dvc repro`, run on its own, e.g. under nohup; rerun it to resume."""
-    from .params import ParamsError, STUDIES, load, study_configs
+    from .checkpoint import CheckpointError
+    from .params import ParamsError, STUDIES, load
     from . import sweep
     try:
         params = load(args.params)
         profile = args.profile or params["profile"]
-        studies = args.studies.split(",") if args.studies else list(STUDIES)
+        studies = (args.studies.split(",") if args.studies
+                   else [name for name in STUDIES if name in params])
         for name in studies:
-            if name not in STUDIES:
-                raise ParamsError(f"--studies: got {name!r}; allowed: {', '.join(STUDIES)}")
-        configs, seen = [], set()
-        for name in studies:
-            for cfg in study_configs(name, params[name], profile):
-                key = sweep.run_key(cfg)
-                if key not in seen:  # runs shared by several studies train once
-                    seen.add(key)
-                    configs.append(cfg)
+            if name not in STUDIES or name not in params:
+                raise ParamsError(f"--studies: got {name!r}; allowed: "
+                                  f"{', '.join(s for s in STUDIES if s in params)}")
+        configs = _configs(params, profile, studies)
     except ParamsError as e:
         return params_errors(e)
     t0 = time.time()
     print(f"{len(configs)} runs of {', '.join(studies)} (profile {profile})", flush=True)
+    if _over_budget("sweep", configs, args.cache, params, args.params, args.yes, args.workers):
+        return 2
     try:
         with interrupts_forwarded() as stop:
-            runs = sweep.run(configs, cache=args.cache, workers=args.workers)
+            runs = sweep.run(list(configs.values()), cache=args.cache, workers=args.workers)
+    except (sweep.CacheError, CheckpointError, sweep.WorkerFailed) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         signum = stop.signum or signal.SIGINT
         print(f"interrupted ({signal.Signals(signum).name}) after {time.time() - t0:.0f} s: "
@@ -114,31 +164,82 @@ def cmd_sweep(args, parser):
 
 
 def cmd_stage(args, parser):
+    from .params import ParamsError, load
     from .stage import run
-    return run(args.study, args.params, args.verbose)
+    try:
+        params = load(args.params)
+    except ParamsError:
+        params = None  # the stage reports it
+    if params and args.study in params and _over_budget(
+            args.study, _configs(params, params["profile"], [args.study]), "results/runs",
+            params, args.params, args.yes):
+        return 2
+    status = run(args.study, args.params, args.verbose)
+    if status > 128:
+        # Interrupted, outputs restored: leave now. The interpreter's teardown (papermill's
+        # kernel client, zmq) takes over a second on a busy machine, and Ctrl-C waits for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def cmd_cache(args, parser):
+    """seal: add the sha256 checksum to every stored result that lacks one (results stored
+    before checksums existed; run it once, when no sweep is writing); verify: check them all."""
+    from . import sweep
+    if not os.path.isdir(args.cache):
+        print(f"error: --cache: got {args.cache!r}; allowed: a folder of stored results",
+              file=sys.stderr)
+        return 2
+    if args.action == "seal":
+        done, before, problems = sweep.seal(args.cache)
+        summary = f"{args.cache}: sealed {done}, {before} sealed before"
+    else:
+        problems, files = [], sweep.result_files(args.cache)
+        for path in files:
+            try:
+                sweep.read_result(path)
+            except sweep.CacheError as e:
+                problems.append(str(e))
+        summary = f"{args.cache}: {len(files) - len(problems)} of {len(files)} results verified"
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    print(summary + (f", {len(problems)} refused" if problems else ""))
+    return 1 if problems else 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="samkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    v = sub.add_parser("validate", help="check params.yaml; one line per problem, exit 2")
+    v = sub.add_parser("validate", help="check params.yaml (one line per problem, exit 2); "
+                       "estimate the cost of the runs the run cache lacks")
     v.add_argument("params", nargs="?", default="params.yaml")
+    v.add_argument("--cache", default="results/runs")
     w = sub.add_parser("sweep", help="train the runs of some studies into the run cache")
     w.add_argument("--studies", help="comma-separated (default: all, in params.yaml order)")
     w.add_argument("--profile", help="default: params.yaml's profile")
     w.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     w.add_argument("--cache", default="results/runs")
     w.add_argument("--params", default="params.yaml")
+    yes = "start even if the runs to train are estimated above params.yaml's max_core_hours"
+    w.add_argument("--yes", action="store_true", help=yes)
     s = sub.add_parser("stage", help="run one study notebook (a DVC stage)")
     from .params import STUDIES
     s.add_argument("study", choices=(*STUDIES, *PAGES))
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--verbose", action="store_true", help="stream the notebook's output")
+    s.add_argument("--yes", action="store_true", help=yes)
+    c = sub.add_parser("cache", help="seal (add checksums to) or verify the stored results")
+    c.add_argument("action", choices=("seal", "verify"),
+                   help="seal: add the sha256 field to every result lacking one (once, when no "
+                        "sweep is writing); verify: check every result")
+    c.add_argument("--cache", default="results/runs")
     args = parser.parse_args(argv)
     sub_parser = sub.choices[args.command]
     handler = {"train": cmd_train, "validate": cmd_validate, "sweep": cmd_sweep,
-               "stage": cmd_stage}[args.command]
+               "stage": cmd_stage, "cache": cmd_cache}[args.command]
     return handler(args, sub_parser) or 0
 
 

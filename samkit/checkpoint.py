@@ -5,8 +5,11 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
 
 import torch
+
+from .config import KEY_OMITTED_AT_DEFAULT
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -43,15 +46,47 @@ def save_checkpoint(path: str, state: dict) -> None:
         raise OSError(e.errno, f"cannot write the checkpoint {path}: {e.strerror or e}") from e
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not be resumed; str() is one line: the path, why, the fix."""
+
+
 def load_checkpoint(path, cfg, model, opt, sched):
     """Restore model, optimizer and scheduler from ``path``; the saved state, or None when
-    there is no checkpoint or it belongs to another config."""
+    there is no checkpoint. One that cannot be read, or that another config saved, raises
+    CheckpointError: training over it would silently throw its epochs away, and resuming it
+    into this run would mix two runs."""
     if not path or not os.path.exists(path):
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("config") != cfg.key_dict():
-        return None  # a checkpoint of another run: start afresh rather than mix them
+    fix = f"delete it to start this run afresh (rm {path})"
+    try:
+        # Tensors and plain containers only: unpickling any other object can run its code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's refusal of other objects (or a damaged pickle)
+        raise CheckpointError(f"checkpoint {path}: refused: it does not load as tensors and "
+                              "plain data alone (damaged, or it holds objects whose loading "
+                              f"could run code); {fix}") from None
+    except Exception as e:  # truncated, damaged, not a torch file, unreadable
+        why = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""
+        raise CheckpointError(f"checkpoint {path}: cannot be read (truncated or damaged: "
+                              f"{type(e).__name__}{': ' + why if why else ''}); {fix}") from None
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path}: not a samkit checkpoint (no config); {fix}")
+    if saved != cfg.key_dict():
+        # Refused even when only the epochs grew: the lr schedule (its milestones, cosine's
+        # period) is set by the epochs, so a longer run is not this one continued.
+        raise CheckpointError(f"checkpoint {path}: saved by another config "
+                              f"({_differences(saved, cfg.key_dict())}); allowed: a "
+                              f"checkpoint of this config: rerun with the config it was "
+                              f"saved with, or {fix}")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     return state
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """"epochs 10 there, 20 here; ..." for every run field that differs."""
+    saved, now = {**KEY_OMITTED_AT_DEFAULT, **saved}, {**KEY_OMITTED_AT_DEFAULT, **now}
+    return "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} here"
+                     for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k))

@@ -187,6 +187,11 @@ def validate_config(cfg) -> None:
     # used to mean the whole test set).
     available, n_test_max = data_mod.split_sizes(cfg.dataset, cfg.n_train or None)
     where = f"the {cfg.dataset} training set"
+    if cfg.dataset in data_mod.SPLIT_SIZES and 0 < cfg.n_train < data_mod.NUM_CLASSES:
+        raise ValueError(f"n_train: got {cfg.n_train}; allowed: at least "
+                         f"{data_mod.NUM_CLASSES} (the subset is class-balanced: one example of "
+                         f"each of the {data_mod.NUM_CLASSES} {cfg.dataset} classes at least), "
+                         "or 0 for the whole training set")
     if available is not None and cfg.dataset != "toy1d":  # toy1d: checked above
         if cfg.n_train and cfg.n_train + cfg.n_val > available:
             if cfg.n_val:

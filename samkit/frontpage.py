@@ -9,26 +9,34 @@ import os
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .studies import MODULES
 
 # What a practitioner should take from a claim, by its verdict. The numbers come from the
-# claim ({shown}); a missing claim raises (a renamed metric is an error, not "n/a").
+# claim ({shown}); a missing claim raises (a renamed metric is an error, not "n/a"). Only a
+# robust verdict (see samkit.robustness) gives advice; a fragile one is listed as such.
 ADVICE = {
     ("width", "mlp.widest"): {
         "supports": "On a wide model SAM pays: {shown} test accuracy over SGD at the widest MLP.",
+        "below δ": "At the widest MLP SAM's gain is real but too small to matter ({shown}).",
         "contradicts": "On these models SAM gave no gain worth having even at the widest "
                        "MLP ({shown}).",
         "cannot tell": "At the widest MLP SAM's gain ({shown}) is not yet resolved."},
     ("width", "mlp.grows"): {
         "supports": "The wider the model, the more SAM helps: {shown}.",
+        "below δ": "SAM's gain grows with width, but by less than matters ({shown}): do not "
+                   "choose SAM for width alone.",
         "contradicts": "SAM's gain does not grow with width here ({shown}).",
         "cannot tell": "Whether SAM's gain grows with width is unresolved ({shown})."},
     ("noise", "amplified"): {
+        "below δ": "Label noise enlarges SAM's advantage only slightly ({shown}).",
         "supports": "With noisy labels SAM's advantage on a wide model is larger ({shown} more "
                     "than without noise): reach for SAM first when labels are noisy.",
         "contradicts": "Label noise did not enlarge SAM's advantage here ({shown}).",
         "cannot tell": "Whether label noise enlarges SAM's advantage is unresolved ({shown})."},
     ("compute", "widest_vs_2x"): {
+        "below δ": "At equal compute SAM's edge over SGD with twice the epochs is too small to "
+                   "matter ({shown}).",
         "supports": "At equal compute SAM still wins: SAM − SGD with twice the epochs = {shown} "
                     "on the widest model.",
         "contradicts": "On clean labels SAM's doubled cost buys nothing that the same passes "
@@ -37,12 +45,14 @@ ADVICE = {
         "cannot tell": "At equal compute SAM and SGD with twice the epochs are not told apart "
                        "({shown})."},
     ("headline", "sam150_acc"): {
+        "below δ": "SAM with half the epochs beats SGD by too little to matter ({shown}).",
         "supports": "The blog's protocol holds at this scale: SAM with half the epochs beats "
                     "SGD by {shown}.",
         "contradicts": "The blog's protocol does not hold at this scale: SAM with half the "
                        "epochs − SGD = {shown}.",
         "cannot tell": "The blog's protocol is not settled at this scale ({shown})."},
     ("frontier", "wide_noisy.sam_k5_vs_sam"): {
+        "below δ": "SAM's ascent on one step in 5 costs too little to matter ({shown}).",
         "supports": "Cheaper SAM has a price on noisy labels: with the ascent on one step in "
                     "5 (1.2× SGD's gradient evaluations instead of SAM's 2×), SAM every 5 − "
                     "SAM = {shown} on the widest model.",
@@ -54,19 +64,29 @@ ADVICE = {
 }
 
 
-def claims(profile: str, root: str = "results") -> pd.DataFrame:
-    """One row per tested claim of every study that has results: study, id, text, source,
-    effect, CI, unit, δ, verdict (and explanation); studies without results are absent."""
+def claims(profile: str, root: str = "results", studies=MODULES) -> pd.DataFrame:
+    """One row per tested claim of every study (of ``studies``) that has results: study, id,
+    text, source, effect, CI, unit, δ, verdict (and explanation), robustness; studies without
+    results are absent. Over all studies, also the Benjamini-Hochberg decision."""
     rows = []
-    for name in MODULES:
+    for name in studies:
         meta = load(name, profile, root)
         if meta is None:
             continue
         for cid, c in meta["metrics"]["claims"].items():
             rows.append({"study": name, "id": cid, **c})
     cols = ["study", "id", "text", "source", "unit", "estimate", "ci_low", "ci_high", "n",
-            "delta", "verdict", "explained", "shown", "seeds_needed"]
-    return pd.DataFrame(rows, columns=cols)
+            "delta", "delta_shown", "verdict", "explained", "shown", "seeds_needed", "p_value",
+            "source_shown", "robustness"]
+    table = pd.DataFrame(rows, columns=cols)
+    table["fragile"] = [bool(r and r.get("fragile")) for r in table["robustness"]]
+    table["robust_shown"] = [r.get("shown", "not checked") if r else "not checked"
+                             for r in table["robustness"]]
+    # Benjamini-Hochberg over every claim of the book: which decisions survive ~50 tests.
+    if tuple(studies) == MODULES:
+        decided = table["verdict"] != "cannot tell"
+        table["survives_bh"] = stats.adjusted(table["p_value"].astype(float)) & decided
+    return table
 
 
 def load(study: str, profile: str, root: str = "results") -> dict | None:
@@ -91,14 +111,21 @@ def answer(profile: str, root: str = "results") -> dict:
         "profile": profile, "studies_run": len(done), "studies": len(MODULES),
         "missing": ", ".join(n for n in MODULES if n not in done) or "none",
         "claims": len(table), "supports": int(counts.get("supports", 0)),
+        "below_delta": int(counts.get("below δ", 0)),
         "contradicts": int(counts.get("contradicts", 0)),
         "cannot_tell": int(counts.get("cannot tell", 0)),
+        "fragile": int(table["fragile"].sum()),
+        "decided": int((table["verdict"] != "cannot tell").sum()),
+        "survive_bh": int(table["survives_bh"].sum()),
+        "fragile_list": "; ".join(f"{r.text} ({r.verdict})" for r in
+                                  table[table["fragile"]].itertuples()) or "none",
         "runs": sum(m["n_runs"] for m in done.values()),
         "run_hours": f"{sum(m['run_seconds'] for m in done.values()) / 3600:.1f}",
         "train_images": facts.get("train_images", "n/a"), "epochs": facts.get("epochs", "n/a"),
         "seeds": facts.get("seeds", "n/a"), "models": facts.get("models", "n/a"),
         "resolution": f"{np.nanmedian(halves):.2f} pp" if len(halves.dropna()) else "n/a",
         "supported": _list(table, "supports"), "contradicted": _list(table, "contradicts"),
+        "below": _list(table, "below δ"),
         "unresolved": _list(table, "cannot tell"),
         "cost": _cost(done.get("compute")),
         "advice": advice(table) + equal_compute(done.get("frontier")),
@@ -128,7 +155,8 @@ def _cost(compute: dict | None, bench: str = "results/bench") -> str:
 
 
 def advice(table: pd.DataFrame) -> list[str]:
-    """One line per ADVICE entry whose study has results, chosen by that claim's verdict."""
+    """One line per ADVICE entry whose study has results and whose verdict is robust, chosen
+    by that verdict; a fragile verdict gives no advice (the page lists it)."""
     lines = []
     for (study, cid), by_verdict in ADVICE.items():
         if study not in set(table["study"]):
@@ -138,6 +166,8 @@ def advice(table: pd.DataFrame) -> list[str]:
             raise KeyError(f"front page: study {study!r} has no claim {cid!r} "
                            f"(renamed? update frontpage.ADVICE)")
         r = row.iloc[0]
+        if "fragile" in r and r["fragile"]:
+            continue
         lines.append(by_verdict[r["verdict"]].format(shown=r["shown"]))
     return lines
 
@@ -182,7 +212,8 @@ def forest(table: pd.DataFrame):
     import textwrap
 
     import matplotlib.pyplot as plt
-    colors = {"supports": "#2a9d8f", "contradicts": "#e76f51", "cannot tell": "#8d99ae"}
+    colors = {"supports": "#2a9d8f", "below δ": "#e9c46a", "contradicts": "#e76f51",
+              "cannot tell": "#8d99ae"}
     units = [u for u in ("pp", "pp/doubling", "ratio") if u in set(table["unit"])]
     sizes = [max(1, (table["unit"] == u).sum()) for u in units]
     height = 0.22 * sum(sizes) + 0.9 * len(units) + 0.6
@@ -244,7 +275,21 @@ def _forest_point(ax, y, e, l, h, color, limit) -> None:
 
 
 def claims_table(table: pd.DataFrame):
-    """The claims as a readable table (no index, units in the cells)."""
-    shown = table[["study", "text", "source", "shown", "explained"]].rename(columns={
-        "text": "claim", "shown": "effect [95% CI]", "explained": "verdict"})
+    """The claims as a readable table (no index, units in the cells): effect, δ, verdict,
+    robustness, the multiplicity-adjusted decision and the source's own effect."""
+    shown = table
+    columns = ["study", "text", "shown", "delta_shown", "explained", "robust_shown",
+               "adjusted", "source", "source_shown"]
+    if "survives_bh" in table:  # over all studies only: one study's page shows none
+        shown = table.assign(adjusted=np.where(
+            table["verdict"] == "cannot tell", "—",
+            np.where(table["survives_bh"], "survives", "does not survive")))
+    else:
+        columns.remove("adjusted")
+    if table["study"].nunique() == 1:
+        columns.remove("study")
+    shown = shown[columns].rename(columns={
+        "text": "claim", "shown": "effect [95% CI]", "delta_shown": "δ", "explained": "verdict",
+        "robust_shown": "robustness (leave one seed out; retrain)",
+        "adjusted": "Benjamini-Hochberg (FDR 5%)", "source_shown": "the source's own effect"})
     return shown.style.hide(axis="index")

@@ -4,6 +4,7 @@ allowed, raised before any training starts; all of a file's mistakes are reporte
 Layout of params.yaml::
 
     profile: cpu                 # which sub-section of every study runs: quick | cpu | gpu
+    max_core_hours: 24           # optional: a sweep estimated above this asks for --yes
     <study>:                     # one of STUDIES
       <profile>:
         base: {<TrainConfig field>: value, ...}       # shared by every run of the study
@@ -16,6 +17,7 @@ gpu block is found on a laptop, before a GPU is booked.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import yaml
@@ -26,7 +28,10 @@ from .yaml_checks import number_hint, safe_load_unique
 
 PROFILES = ("quick", "cpu", "gpu")
 STUDIES = MODULES  # the registry: one module per study in samkit/studies/
-TOP_KEYS = ("profile", *STUDIES)
+TOP_KEYS = ("profile", *STUDIES, "max_core_hours")
+# A sweep (`samkit sweep`, a study's stage) whose runs to train are estimated above this many
+# core-hours (samkit.sweep.estimate) starts only with --yes, or under a higher max_core_hours.
+MAX_CORE_HOURS = 24.0
 SECTION_KEYS = ("base", "grid", "arms")
 
 # What a study needs of every one of its runs, beyond each field being valid on its own:
@@ -86,6 +91,11 @@ def validate(params) -> None:
     elif profile not in PROFILES:
         problems.append(f"profile: got {profile!r}; allowed: {', '.join(PROFILES)}")
         profile = None
+    limit = params.get("max_core_hours", MAX_CORE_HOURS)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < math.inf:
+        problems.append(f"max_core_hours: got {limit!r}; allowed: a number > 0 (the estimated "
+                        "core-hours a sweep may take without --yes)"
+                        + number_hint(limit, "float"))
     for name in STUDIES:
         if name not in params:
             continue
@@ -196,9 +206,17 @@ def _check_runs(problems: list, name: str, path: str, base, grid, arms, bad: set
 
 
 def _run_problems(name: str, kwargs: dict, bad: set) -> list[str]:
-    """What is wrong with one run's fields: what the study requires of it, then every problem
-    TrainConfig finds (it names only the first: drop that key and ask again)."""
+    """What is wrong with one run's fields: what the study requires of it, early stopping
+    asked for without a validation split, then every problem TrainConfig finds (it names only
+    the first: drop that key and ask again)."""
     msgs, skip = [], set(bad)
+    # TrainConfig's default (on) is harmless without n_val: "best" is then the last epoch, as
+    # asked. Written out as true, it would report the last epoch as early-stopped.
+    if kwargs.get("early_stopping") is True and not kwargs.get("n_val") and not \
+            {"early_stopping", "n_val"} & bad:
+        msgs.append("early_stopping: got true with n_val 0; allowed: n_val > 0 (early "
+                    "stopping picks the epoch of best validation accuracy), or "
+                    "early_stopping: false")
     for key, (ok, allowed) in REQUIRED.get(name, {}).items():
         value = kwargs.get(key, TrainConfig.__dataclass_fields__[key].default)
         if key not in bad and not ok(value):

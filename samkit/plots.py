@@ -219,7 +219,8 @@ def curves(history: pd.DataFrame, meta: dict | None, y: str = "test_acc", hue: s
         data[y] = 100 * data[y]
     wrap = 4 if col is not None and data[col].nunique() > 4 else None
     g = sns.relplot(data=data, x="epoch", y=y, hue=hue, col=col, col_wrap=wrap, kind="line",
-                    errorbar=("ci", 95), height=2.6, aspect=1.2, facet_kws={"sharey": False})
+                    errorbar=("ci", 95), height=2.6, aspect=1.2, facet_kws={"sharey": False},
+                    seed=0)  # the band is bootstrapped: a fixed seed redraws the same figure
     g.set_axis_labels("epoch", ylabel)
     if g.legend is not None:  # above the panels, never over a curve
         sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)

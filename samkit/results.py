@@ -6,6 +6,7 @@ so a killed notebook leaves the previous results, never half a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pandas as pd
@@ -16,13 +17,16 @@ from .atomic import replacing, write_json as write_json_atomic
 RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
                "sparsity", "prune_to_width", "weight_decay", "early_stopping", "epochs", "seed",
                "status", "diverged_epoch", "params", "nonzero_params", "grad_evals", "sam_interval",
-               "looksam_alpha", "seconds", "train_seconds",
+               "looksam_alpha", "seconds", "train_seconds", "fit", "peak_train_acc",
+               "peak_train_acc_clean",
                "cached")
 
 
 def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.DataFrame],
          params: dict, seconds: float, metrics: dict | None = None, root: str = "results") -> dict:
-    """Write the study's files; returns the metrics.json content (for the notebook's prose)."""
+    """Write the study's files; returns the metrics.json content (for the notebook's prose).
+    Nothing that differs between two runs on the same numbers is written (``seconds``, the
+    stage's wall time, is not; the date is the day), so a rerun leaves `git diff` empty."""
     out = os.path.join(root, profile, study)
     os.makedirs(out, exist_ok=True)
     metric_cols = [c for c in runs.columns if c.startswith(("final_", "best_", "hessian_"))]
@@ -35,22 +39,31 @@ def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.Data
         "seeds": sorted({int(s) for s in runs["seed"]}) if "seed" in runs else [],
         "n_runs": len(runs), "n_diverged": int((runs["status"] == "diverged").sum()),
         "n_cached": int(runs["cached"].sum()) if "cached" in runs else 0,
-        "run_seconds": float(runs["seconds"].sum()), "wall_seconds": seconds,
-        "provenance": provenance(),
+        "run_seconds": float(runs["seconds"].sum()),
+        "provenance": {**provenance(), "date": provenance()["date"][:10]},
     }
     write_json_atomic(os.path.join(out, "metrics.json"), meta)
     _write_dvc_metrics(meta, os.path.join(root, profile, "dvc_metrics", f"{study}.json"))
     return meta
 
 
+# The unit a claim's estimate is shown in, in `dvc exp show`: (name suffix, conversion).
+DVC_UNITS = {"pp": ("pp", lambda e: 100 * e),
+             "pp/doubling": ("pp_per_2x", lambda e: 100 * e),
+             "ratio": ("ratio", math.exp)}   # the estimate is a difference of logs
+
+
 def _write_dvc_metrics(meta: dict, path: str) -> None:
-    """The numbers and verdicts of metrics.json, flat, for `dvc metrics show` / `dvc exp show`
-    (the formatted strings beside them are for the book's prose)."""
-    flat = {k: v for k, v in _flatten(meta["metrics"])
-            if (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v)
-            or (k.endswith("verdict") and isinstance(v, str))}
-    flat.update(n_runs=meta["n_runs"], n_diverged=meta["n_diverged"],
-                run_minutes=round(meta["run_seconds"] / 60, 2))
+    """Each claim's estimate, as the book shows it (pp, pp per doubling, ratio), for `dvc
+    metrics show` / `dvc exp show`: a few short columns per study, named
+    ``<study>.<claim>.<unit>``, so that an experiment fits a terminal. Everything else (CIs,
+    verdicts, facts, provenance) stays in the study's metrics.json, an ordinary output."""
+    flat = {}
+    for claim_id, c in meta["metrics"].get("claims", {}).items():
+        suffix, convert = DVC_UNITS[c.get("unit", "pp")]
+        est = c.get("estimate")
+        if isinstance(est, (int, float)) and math.isfinite(est):
+            flat[f"{meta['study']}.{claim_id}.{suffix}"] = round(convert(est), 3)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, flat)
 
@@ -107,6 +120,32 @@ def table(df: pd.DataFrame, percent=(), rename: dict | None = None):
     return out.style.hide(axis="index").format(precision=2)
 
 
+def repro_line(since: str, params_path: str = "params.yaml", dvc_yaml: str = "dvc.yaml",
+               cache: str = "results/runs") -> str:
+    """The line `make repro` ends with: of the runs behind the published studies (dvc.yaml's
+    ``studies``, params.yaml's profile), how many came from the run cache and how many were
+    trained since the file ``since`` was touched. A fresh clone retrains nothing: say so."""
+    import yaml
+    from . import params, sweep
+    with open(dvc_yaml) as f:
+        studies = yaml.safe_load(f)["vars"][0]["studies"]
+    spec = params.load(params_path)
+    keys = {sweep.run_key(cfg) for study in studies
+            for cfg in params.study_configs(study, spec[study], spec["profile"])}
+    start = os.path.getmtime(since)
+    trained = replayed = 0
+    for key in keys:
+        path = os.path.join(cache, f"{key}.json")
+        if os.path.exists(path):
+            trained += os.path.getmtime(path) > start
+            replayed += os.path.getmtime(path) <= start
+    missing = len(keys) - trained - replayed
+    return (f"{replayed:,} runs replayed from the run cache ({cache}/), {trained:,} trained"
+            + (f", {missing:,} missing" if missing else "")
+            + f" (profile {spec['profile']}). To retrain every run into a fresh cache (hours): "
+            "make retrain")
+
+
 def load_benchmarks(folder: str = "results/bench") -> tuple[pd.DataFrame, list[dict]]:
     """Every step-time benchmark JSON in ``folder`` as one tidy table (one row per device ×
     model × batch × mode × variant), plus each file's provenance."""
@@ -145,3 +184,8 @@ def benchmark_table(bench: pd.DataFrame) -> pd.DataFrame:
     t["ref/SGD"] = t["ref_sam"] / t["sgd"]
     t["samkit speed-up vs ref"] = t["ref_sam"] / t["sam"]
     return t[cols]
+
+
+if __name__ == "__main__":  # `make repro` ends with: python -m samkit.results <file touched first>
+    import sys
+    print(repro_line(sys.argv[1]))

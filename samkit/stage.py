@@ -7,7 +7,9 @@ the notebook's kernel and its sweep workers within seconds (samkit.signals).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -71,6 +73,7 @@ def _execute_and_publish(study, out, parameters, verbose, stop, backup) -> str |
             failure = _execute(src, tmp, parameters, verbose, stop)
         if not failure and not stop.signum:
             _hide_default_parameters(tmp)
+            _strip_run_noise(tmp, out)
             backup.commit(lambda: os.replace(tmp, out), keep=(out,))
     except Exception as e:  # e.g. the notebook is missing or the kernel did not start
         failure = f"{type(e).__name__}: {' '.join(str(e).split())}"
@@ -123,7 +126,7 @@ def _execute(src, tmp, parameters, verbose, stop) -> str | None:
         runner.join(0.1)
         if stop.signum:
             stop.stop_kernels()
-            if time.monotonic() - stop.since > 2 * signals.STOP_GRACE_S:
+            if time.monotonic() - stop.since > signals.STOP_GRACE_S + signals.STOP_WAIT_S:
                 break  # papermill does not return: leave it (a daemon thread) behind
     return outcome.get("error")
 
@@ -147,3 +150,50 @@ def _hide_default_parameters(path):
         if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
             tags.append("remove-cell")
     nbformat.write(nb, path)
+
+
+# What differs between two executions of the same notebook on the same numbers (nothing a
+# reader sees): papermill's and nbclient's timings, the temporary path papermill wrote to, the
+# random id of the injected parameters cell, pandas Styler's random table id (T_xxxxx, in the
+# HTML and its CSS) and object reprs with a memory address.
+_PAPERMILL_TIMES = ("start_time", "end_time", "duration")
+_STYLER_ID = re.compile(r'<table id="T_([0-9a-f]+)"')
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
+
+
+def _strip_run_noise(path, published_as):
+    """Rewrite the executed notebook so that it depends only on what it shows: re-executing
+    a notebook whose numbers did not change leaves `git diff` empty."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in _PAPERMILL_TIMES:
+        meta.pop(key, None)
+    if "output_path" in meta:
+        meta["output_path"] = published_as
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        for key in _PAPERMILL_TIMES:
+            cell.metadata.get("papermill", {}).pop(key, None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.id = "injected-parameters"
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if isinstance(data.get("text/plain"), str):
+                data["text/plain"] = _ADDRESS.sub(">", data["text/plain"])
+            if isinstance(data.get("text/html"), str):
+                data["text/html"] = _stable_styler_ids(data["text/html"])
+    nbformat.write(nb, path)
+
+
+def _stable_styler_ids(html: str) -> str:
+    """The Styler tables' random ids replaced by ids derived from the output itself (a hash of
+    it with the ids blanked, and the table's place in it)."""
+    uids = list(dict.fromkeys(_STYLER_ID.findall(html)))
+    blank = html
+    for uid in uids:
+        blank = blank.replace(f"T_{uid}", "T_")
+    digest = hashlib.sha1(blank.encode()).hexdigest()[:8]
+    for i, uid in enumerate(uids):
+        html = html.replace(f"T_{uid}", f"T_{digest}{i}")
+    return html

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .sweep import train_missing
+from .checkpoint import CheckpointError
+from .sweep import CacheError, train_missing
 from .config import TrainConfig
 
 
@@ -29,8 +31,16 @@ def main(argv=None) -> int:
         shard = (i, n)
     try:
         train_missing(configs, args.cache, progress=not args.no_progress, shard=shard)
+    except (CacheError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
-        return 130  # the run's last checkpoint stays; rerunning resumes it
+        # The run's last checkpoint stays (rerunning resumes it) and its lock file is gone.
+        # Exit now: the interpreter's teardown (torch) takes over a second on a busy machine,
+        # and Ctrl-C waits for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     return 0
 
 

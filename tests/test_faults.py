@@ -305,14 +305,15 @@ def check_cache(cache):
 
 
 def stored(cache):
-    """Stored results without what may differ between identical runs (time, provenance)."""
+    """Stored results without what may differ between identical runs (time, provenance, and
+    so the checksum over them)."""
     out = {}
     for f in sorted(os.listdir(cache)):
         if f.endswith(".json"):
             with open(os.path.join(cache, f)) as fh:
                 r = json.load(fh)
             out[f] = {k: v for k, v in r.items()
-                      if k not in ("seconds", "train_seconds", "provenance")}
+                      if k not in ("seconds", "train_seconds", "provenance", "sha256")}
     return out
 
 

@@ -1,7 +1,10 @@
 """params.yaml validation: every mistake fails with one line naming key, value and what is
 allowed, before any work; the shipped params.yaml is valid in both profiles."""
 import copy
+import dataclasses
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -105,6 +108,19 @@ BAD = [  # (edit, substring the message must contain)
      "datasize.gpu: n_train: got 60000 with n_val 5000; allowed: n_train + n_val <= 60000"),
     (edited(["hessian", "quick", "base", "hessian_samples"], 0),
      "hessian.quick: hessian_samples: got 0; allowed: an int > 0"),
+    # early stopping without a validation split would report the last epoch as the best one
+    (edited(W + ["base", "n_val"], 0),
+     "width.cpu: early_stopping: got true with n_val 0; allowed: n_val > 0 (early stopping "
+     "picks the epoch of best validation accuracy), or early_stopping: false"),
+    (edited(["regularization", "quick", "arms"], [{"n_val": 0, "early_stopping": True}]),
+     "regularization.quick: early_stopping: got true with n_val 0; allowed: n_val > 0"),
+    # a class-balanced subset smaller than the number of classes
+    (edited(["datasize", "cpu", "grid", "n_train"], [5, 10000]),
+     "datasize.cpu: n_train: got 5; allowed: at least 10 (the subset is class-balanced"),
+    (edited(["max_core_hours"], 0), "max_core_hours: got 0; allowed: a number > 0"),
+    (edited(["max_core_hours"], "1e3"), "max_core_hours: got '1e3'; allowed: a number > 0 "
+     "(the estimated core-hours a sweep may take without --yes) (YAML reads 1e3 as a string: "
+     "write 1.0e+3)"),
 ]
 
 
@@ -274,3 +290,89 @@ def test_an_empty_params_file_is_one_clear_error(tmp_path):
     path.write_text("# nothing yet\n")
     with pytest.raises(params.ParamsError, match="top level must be a mapping of sections"):
         params.load(str(path))
+
+
+# ----------------------------------------------------------------------------- what a sweep costs
+
+TOY = """profile: quick
+MAX
+simplicity:
+  quick:
+    base: {dataset: toy1d, model: one_hidden_relu, lr: 0.005, momentum: 0.9,
+           weight_decay: 0.0, schedule: constant, batch_size: 12, epochs: EPOCHS,
+           eval_every: 10, rho: 0.1, early_stopping: false}
+    grid: {width: [5], optimizer: [sgd, sam], seed: SEEDS}
+"""
+
+
+def _toy(tmp_path, epochs=20, seeds="[0]", limit=None):
+    text = TOY.replace("EPOCHS", str(epochs)).replace("SEEDS", seeds)
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("MAX", f"max_core_hours: {limit}" if limit else ""))
+    return path
+
+
+def _samkit(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "samkit", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=600)
+
+
+def test_the_estimate_scales_measured_runs_by_passes(tmp_path):
+    """A stored sgd run of width 5 that took 60 s for 20 epochs of 12 examples (one full batch
+    a step): 0.25 s per example and pass. SAM takes two passes a step, and 40 epochs twice the
+    steps; width 10, not measured, is scaled from the nearest width by (10/5)^2; a model the
+    cache never ran takes samkit.sweep.REFERENCE_RATES."""
+    from samkit import sweep
+    from samkit.config import TrainConfig
+    base = yaml.safe_load(TOY.replace("EPOCHS", "20").replace("SEEDS", "[0]")
+                          .replace("MAX", ""))["simplicity"]["quick"]["base"]
+    cfg = TrainConfig(**base, width=5, optimizer="sgd")
+    cache = tmp_path / "runs"
+    cache.mkdir()
+    stored = {"config": dataclasses.asdict(cfg), "status": "ok", "seconds": 60.0}
+    (cache / f"{sweep.run_key(cfg)}.json").write_text(json.dumps(sweep.sealed(stored)))
+    hours = {}
+    for name, kw in {"measured": {}, "sam": {"optimizer": "sam"}, "40 epochs": {"epochs": 40},
+                     "width 10": {"width": 10}, "seed 1": {"seed": 1}}.items():
+        todo, hours[name] = sweep.estimate([dataclasses.replace(cfg, **kw)], str(cache))
+        assert len(todo) == (0 if name == "measured" else 1)
+    assert hours == pytest.approx({"measured": 0, "sam": 120 / 3600, "40 epochs": 120 / 3600,
+                                   "width 10": 240 / 3600, "seed 1": 60 / 3600})
+    width, rate = sweep.REFERENCE_RATES["one_hidden_relu"]
+    todo, h = sweep.estimate([dataclasses.replace(cfg, width=width)], str(tmp_path / "empty"))
+    assert h == pytest.approx(20 * 12 * rate / 3600)
+
+
+def test_validate_estimates_the_cost_of_a_huge_grid(tmp_path):
+    path = _toy(tmp_path, epochs=200000, seeds=str(list(range(500))))
+    r = _samkit("validate", str(path), "--cache", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    ok, cost = r.stdout.splitlines()
+    assert ok == f"{path}: ok"
+    assert cost.startswith("profile quick: 1000 runs, 1000 not in the run cache")
+    hours = float(re.search(r"an estimated ([\d,.]+) core-hours", cost)[1].replace(",", ""))
+    assert hours > 24 and cost.endswith("over max_core_hours 24: `samkit sweep` and the stages "
+                                        "start them only with --yes")
+
+
+def test_the_committed_params_validate_ok():
+    r = _samkit("validate", cwd=REPO)
+    assert r.returncode == 0 and r.stdout.startswith("params.yaml: ok\n"), r.stdout + r.stderr
+
+
+def test_a_sweep_over_max_core_hours_starts_only_with_yes(tmp_path):
+    path = _toy(tmp_path, limit="0.000001")   # 2 toy runs: about 0.00001 core-hours
+    cache = tmp_path / "runs"
+    for cmd in (["sweep", "--params", str(path), "--cache", str(cache)],
+                ["stage", "simplicity", "--params", str(path)]):
+        r = _samkit(*cmd, cwd=tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (cmd, r.stderr)
+        assert re.fullmatch(r"error: (sweep|simplicity): 2 runs to train, an estimated "
+                            r"0\.0 core-hours \(about 0\.0 h on \d workers\); allowed: at most "
+                            rf"max_core_hours 1e-06 unless confirmed: pass --yes, or raise "
+                            rf"max_core_hours in {re.escape(str(path))}", lines[0]), lines[0]
+        assert not cache.exists() and not (tmp_path / "book").exists()
+    r = _samkit("sweep", "--params", str(path), "--cache", str(cache), "--yes", cwd=tmp_path)
+    assert r.returncode == 0 and "2 ok" in r.stdout, r.stdout + r.stderr
+    assert "sweep: 2 runs to train, an estimated" in r.stdout

@@ -47,6 +47,33 @@ def test_every_study_has_its_module_params_notebook_stage_and_page():
     assert spec["stages"]["book"]["cmd"].startswith("jupyter-book build book/")
 
 
+def test_the_book_stage_reruns_when_a_page_changes_and_only_then():
+    """No `always_changed` (a no-op `dvc repro` leaves `dvc status` up to date) and no HTML
+    output (not byte-stable): so every source of the book must be a dependency, or an edit to
+    it would leave the HTML stale."""
+    with open(os.path.join(REPO, "dvc.yaml")) as f:
+        book = yaml.safe_load(f)["stages"]["book"]
+    assert not book.get("always_changed") and not book.get("outs")
+    with open(os.path.join(REPO, "book", "_toc.yml")) as f:
+        pages = [f"{m}.ipynb" if os.path.exists(os.path.join(REPO, "book", f"{m}.ipynb"))
+                 else f"{m}.md" for m in re.findall(r"(?:root|file): (\S+)", f.read())]
+    sources = {f"book/{p}" for p in pages} | {"book/_config.yml", "book/_toc.yml"}
+    with open(os.path.join(REPO, "book", "_config.yml")) as f:
+        sources |= {f"book/{b}" for b in yaml.safe_load(f).get("bibtex_bibfiles", [])}
+    assert sources <= set(book["deps"]), sources - set(book["deps"])
+
+
+def test_ci_publishes_the_book_built_by_the_target_the_tests_build_it_with():
+    with open(os.path.join(REPO, ".github", "workflows", "book.yml")) as f:
+        flow = yaml.safe_load(f)
+    steps = [s for job in flow["jobs"].values() for s in job["steps"]]
+    assert any(s.get("run") == "make book" for s in steps)
+    uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact")]
+    assert uploads and uploads[0]["with"]["path"] == "book/_build/html"
+    assert any(s.get("uses", "").startswith("actions/deploy-pages") for s in steps)
+    assert flow["jobs"]["deploy"]["permissions"] == {"pages": "write", "id-token": "write"}
+
+
 def test_dvc_sees_the_pipeline():
     r = subprocess.run([os.path.join(BIN, "dvc"), "dag", "--md"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
@@ -65,7 +92,13 @@ def test_dvc_plots_render_every_study_from_committed_results():
     for study in STAGED:
         assert study in titles, f"no dvc plot for {study}"
     for title, plots in shown["data"].items():
-        assert plots[0]["content"]["data"]["values"], f"{title}: no data"
+        content = plots[0]["content"]
+        assert content["data"]["values"], f"{title}: no data"
+        x, y = content["encoding"]["x"], content["encoding"]["y"]
+        if x["field"] in ("params", "width", "params_per_example"):   # 4k to 5M: log2 axis
+            assert x["scale"]["type"] == "log" and x["scale"]["base"] == 2, title
+        assert y["title"].endswith(("(pp)", "(%)", "(log2 axis)")), f"{title}: y in {y['title']}"
+        assert content["encoding"]["color"]["field"] == "series", f"{title}: one colour"
     # every file a plot names exists: a missing series would otherwise just vanish
     with open(os.path.join(REPO, "dvc.yaml")) as f:
         spec = yaml.safe_load(f)
@@ -87,8 +120,15 @@ def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
         subprocess.run(["git", "config", key, value], cwd=work, check=True)
     dvc = os.path.join(BIN, "dvc")
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
-    r = subprocess.run([dvc, "exp", "run", "study@width", "-S", "width.cpu.grid.seed=[0]",
-                        "-S", "width.cpu.grid.width=[8,16]", "-S", "width.cpu.base.epochs=3",
+    # A small width grid, committed (not reproduced: only the experiment runs), then the
+    # typical edit on top of it: one knob turned in one study.
+    spec = (work / "params.yaml").read_text()
+    small = re.sub(r"(\n  cpu:\n    base: &research\n(?:      .*\n)+?)    grid: \{[^}]*\}",
+                   r"\1    grid: {optimizer: [sgd, sam], width: [8, 16], seed: [0]}", spec, count=1)
+    assert small != spec
+    (work / "params.yaml").write_text(small)
+    subprocess.run(["git", "commit", "-qam", "a small width grid"], cwd=work, check=True)
+    r = subprocess.run([dvc, "exp", "run", "study@width", "-S", "width.cpu.base.epochs=3",
                         "-n", "small"], cwd=work, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -104,24 +144,42 @@ def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
     assert exp["params"]["params.yaml"]["data"]["width"]["cpu"]["base"]["epochs"] == 3
     metrics = exp["metrics"]["results/cpu/dvc_metrics/width.json"]["data"]
     committed = base["data"]["metrics"]["results/cpu/dvc_metrics/width.json"]["data"]
-    assert metrics["n_runs"] == 4 and committed["n_runs"] == 96   # 2 widths x sgd, sam
-    assert "claims.mlp.widest.verdict" in metrics and "claims.mlp.widest.verdict" in committed
+    # each claim's estimate in the book's unit, one short column per claim
+    assert set(metrics) == set(committed) == {"width.mlp.grows.pp_per_2x", "width.mlp.widest.pp"}
+    assert metrics != committed
+    # the comparison the book recommends fits a 120-column terminal and a spreadsheet
+    show = [dvc, "exp", "show", "--only-changed", "--drop", ".*/"]
+    r = subprocess.run(show + ["--csv"], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0].split(",")
+    assert len(header) <= 60, header
+    assert {"width.cpu.base.epochs", "width.mlp.widest.pp"} <= set(header), header
+    r = subprocess.run(show + ["--no-pager"], cwd=work, env={**env, "COLUMNS": "120"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout and max(map(len, r.stdout.splitlines())) <= 120, r.stdout
+    assert "width.mlp.widest.pp" in r.stdout
 
 
 @pytest.mark.slow
 def test_a_no_op_dvc_repro_changes_no_tracked_file(tmp_path):
-    """On a fresh clone, `dvc repro` reruns no study (the committed results are current),
-    rebuilds the book, and leaves git status clean (dvc.lock included)."""
+    """On a fresh clone, `dvc repro` reruns nothing (the committed results and the book's
+    sources are current), leaves git status clean (dvc.lock included) and `dvc status` up to
+    date."""
     work = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", REPO, str(work)], check=True, timeout=120)
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
     r = subprocess.run([os.path.join(BIN, "dvc"), "repro"], cwd=work, env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "Running stage 'study@" not in r.stdout and "Running stage 'summary'" not in r.stdout
+    assert "Running stage" not in r.stdout, r.stdout
     status = subprocess.run(["git", "status", "--porcelain"], cwd=work, capture_output=True,
                             text=True, check=True).stdout
     assert status == "", status
+    r = subprocess.run([os.path.join(BIN, "dvc"), "status"], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Data and pipelines are up to date." in r.stdout, r.stdout
 
 
 @pytest.mark.slow
@@ -141,18 +199,20 @@ def test_notebooks_run_on_tiny_parameters(tmp_path, fmnist_root):
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
-    """The committed book (executed notebooks included), built with warnings as errors."""
+    """The committed book (executed notebooks included), built on a copy by `make book` (what
+    CI publishes: warnings as errors); `-o setup`: this environment is already set up."""
     dst = tmp_path_factory.mktemp("book") / "book"
     shutil.copytree(os.path.join(REPO, "book"), dst, ignore=shutil.ignore_patterns("_build"))
-    r = subprocess.run([os.path.join(BIN, "jupyter-book"), "build", str(dst), "-W", "-n",
-                        "--keep-going"], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(["make", "--no-print-directory", "-o", "setup", "book",
+                        f"BOOK_DIR={dst}", f"VENV={os.path.dirname(BIN)}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     return dst / "_build" / "html"
 
 
 @pytest.mark.slow
 def test_book_has_every_page_with_figures_and_provenance(built_book):
-    pages = ["index.html", "performance.html", "reproduce.html"] + \
+    pages = ["index.html", "performance.html", "reproduce.html", "references.html"] + \
             [f"studies/{s}.html" for s in STAGED]
     for page in pages:
         html = (built_book / page).read_text()
@@ -163,6 +223,11 @@ def test_book_has_every_page_with_figures_and_provenance(built_book):
             assert "<img" in html, f"{page} has no figure"
             assert re.search(r'<img[^>]+alt="[^"]{20,}"', html), f"{page}: a figure lacks alt text"
             assert "profile " in html and "commit " in html, f"{page} has no provenance"
+    # the References page lists every entry of book/references.bib
+    with open(os.path.join(REPO, "book", "references.bib")) as f:
+        keys = re.findall(r"^@\w+\{([^,]+),", f.read(), re.M)
+    html = (built_book / "references.html").read_text()
+    assert len(keys) >= 10 and html.count('role="doc-biblioentry"') == len(keys)
 
 
 def _chromium_once(chromium, url, out, profile, log, timeout):

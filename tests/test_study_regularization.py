@@ -8,7 +8,7 @@ import pytest
 from samkit import studies
 from samkit.studies import regularization as reg
 
-PARAMS = {32: 1_000, 128: 4_000, 512: 16_000}   # two doublings per step
+PARAMS = {32: 64_000, 128: 256_000, 512: 1_024_000}   # two doublings per step, in the trend range
 SEEDS = range(6)
 # per-seed slope noise (mean 0), a different draw for each tag and for the last epoch
 WOBBLE = {reg.REGULARIZED: [-0.0004, 0.0004, -0.0002, 0.0002, 0.0, 0.0],
@@ -29,7 +29,7 @@ def make_runs(slopes: dict, final_slope: float | None = None, drop_wd: bool = Fa
         last = slope if final_slope is None or tag == reg.NO_ES else final_slope
         for width, params in PARAMS.items():
             for seed in SEEDS:
-                dbl = math.log2(params / 1_000)
+                dbl = math.log2(params / 64_000)
                 base = 0.80 + 0.01 * seed + 0.02 * dbl
                 w = WOBBLE[tag][seed]
                 for opt in ("sgd", "sam"):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samkit import studies
+from samkit import studies, sweep
 from samkit.studies import simplicity
 
 GRID = np.linspace(-1.4, 1.5, 401)
@@ -48,7 +48,7 @@ def make_runs(cache, diverged=()) -> pd.DataFrame:
                 if not bad:
                     result["probe"] = {"x": GRID.tolist(),
                                        "y": function(width, opt, seed).tolist()}
-                (cache / f"{key}.json").write_text(json.dumps(result))
+                (cache / f"{key}.json").write_text(json.dumps(sweep.sealed(result)))
                 rows.append({"key": key, "dataset": "toy1d", "model": "one_hidden_relu",
                              "width": width, "params": params, "optimizer": opt, "seed": seed,
                              "status": "diverged" if bad else "ok", "epochs": 200,

@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -129,3 +130,175 @@ def test_cluster_jobs_share_the_runs_through_the_cache(tmp_path):
     serial = sweep.run(cfgs, cache=str(tmp_path / "serial"), workers=1, progress=False)
     cols = [c for c in got.columns if c.startswith("final_")]
     pd.testing.assert_frame_equal(got[cols], serial[cols])
+
+
+# ----------------------------------------------------------------------------- a trusted cache
+
+def _one_run(tmp_path):
+    cache = str(tmp_path / "runs")
+    cfg = TrainConfig(**TINY)
+    sweep.run([cfg], cache=cache, progress=False)
+    return cfg, cache, os.path.join(cache, f"{sweep.run_key(cfg)}.json")
+
+
+def test_a_truncated_or_edited_result_is_refused_by_name_never_used(tmp_path):
+    cfg, cache, path = _one_run(tmp_path)
+    text = open(path).read()
+    stored = json.loads(text)
+    assert list(stored)[-1] == "sha256" and stored["sha256"] == sweep._digest(stored)
+    edited = {**stored, "best": {**stored["best"], "test_loss": 0.001}}   # a hand edit
+    damages = {"truncated": (text[:len(text) // 2], "not a stored result (truncated"),
+               "edited": (json.dumps(edited, indent=1), "checksum mismatch (edited or damaged")}
+    for name, (damaged, why) in damages.items():
+        with open(path, "w") as f:
+            f.write(damaged)
+        for read in (lambda: sweep.run([cfg], cache=cache, progress=False),
+                     lambda: sweep.load_result(sweep.run_key(cfg), cache)):
+            with pytest.raises(sweep.CacheError) as e:
+                read()
+            assert str(e.value).startswith(f"{path}: {why}"), (name, str(e.value))
+            assert "\n" not in str(e.value) and "delete it to retrain" in str(e.value)
+        assert open(path).read() == damaged   # refused, not trained over
+    os.remove(path)   # the fix the message names
+    assert not sweep.run([cfg], cache=cache, progress=False)["cached"].any()
+
+
+def _unsealed(path):
+    """The file as results were stored before checksums (no trailing newline, as committed)."""
+    stored = json.load(open(path))
+    del stored["sha256"]
+    text = json.dumps(stored, indent=1)
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "samkit", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_seal_adds_only_the_checksum_and_an_unsealed_result_is_refused(tmp_path):
+    cfg, cache, path = _one_run(tmp_path)
+    before = _unsealed(path)
+    with pytest.raises(sweep.CacheError) as e:
+        sweep.run([cfg], cache=cache, progress=False)
+    assert str(e.value) == (f"{path}: no sha256 checksum (stored before results were sealed); "
+                            f"allowed: a sealed result: run `python -m samkit cache seal --cache "
+                            f"{cache}` once, or delete it to retrain the run")
+    r = _cli("cache", "verify", "--cache", cache)
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {path}: no sha256"), r.stderr
+    r = _cli("cache", "seal", "--cache", cache)
+    assert r.returncode == 0 and r.stdout == f"{cache}: sealed 1, 0 sealed before\n", r
+    after = open(path).read()
+    digest = json.loads(after)["sha256"]
+    cut = before.rindex("\n")   # every byte kept; one field added, last
+    assert after == before[:cut] + f',\n "sha256": "{digest}"' + before[cut:]
+    assert sweep.run([cfg], cache=cache, progress=False)["cached"].all()
+    r = _cli("cache", "seal", "--cache", cache)
+    assert r.returncode == 0 and "sealed 0, 1 sealed before" in r.stdout
+    with open(path, "w") as f:   # an edit after sealing is not sealed over
+        f.write(after.replace('"status": "ok"', '"status": "OK"'))
+    r = _cli("cache", "seal", "--cache", cache)
+    assert r.returncode == 1 and f"error: {path}: checksum mismatch" in r.stderr
+
+
+PARAMS = """profile: quick
+simplicity:
+  quick:
+    base: {dataset: toy1d, model: one_hidden_relu, lr: 0.005, momentum: 0.9,
+           weight_decay: 0.0, schedule: constant, batch_size: 12, epochs: EPOCHS,
+           eval_every: 10, rho: 0.1, early_stopping: false}
+    grid: {width: [5], optimizer: [sgd, sam], seed: [0]}
+"""
+
+
+def test_samkit_sweep_names_a_damaged_result_in_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text(PARAMS.replace("EPOCHS", "20"))
+    cache = tmp_path / "runs"
+    r = _cli("sweep", "--studies", "simplicity", "--cache", str(cache), "--workers", "1",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    victim = sorted(cache.glob("*.json"))[0]
+    victim.write_text(victim.read_text()[:100])
+    r = _cli("sweep", "--studies", "simplicity", "--cache", str(cache), "--workers", "1",
+             cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr == (
+        f"error: {victim}: not a stored result (truncated or damaged JSON); allowed: the file "
+        "as the sweep wrote it: restore it (e.g. from git) or delete it to retrain the run\n")
+
+
+# ----------------------------------------------------------------------------- debris
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_next_sweep_removes_what_killed_sweeps_left_and_no_live_one_holds(tmp_path):
+    cache = tmp_path / "runs"
+    cache.mkdir()
+    dead = [cache / "sweep-abc123.json", cache / "0123456789abcdef.json.lock"]
+    for f in dead:
+        f.write_text("[]")
+    live = [cache / "sweep-live.json", cache / "fedcba9876543210.json.lock"]
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(f)], stdout=subprocess.PIPE,
+                                text=True) for f in live]
+    try:
+        assert all(h.stdout.readline() == "held\n" for h in holders)
+        got = sweep.run([TrainConfig(**TINY)], cache=str(cache), progress=False)
+        assert got["status"].tolist() == ["ok"]
+        assert not any(f.exists() for f in dead)   # no live process held them
+        assert all(f.exists() for f in live)       # a running sweep's are left alone
+        assert not list(cache.glob("*.ckpt")) and len(list(cache.glob("*.json.lock"))) == 1
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+
+
+def test_a_killed_sweep_leaves_debris_that_the_next_start_removes(tmp_path):
+    """SIGKILL to `samkit sweep` and its workers mid-run leaves their work list and lock
+    files (nothing can clean up); the next sweep removes them and resumes."""
+    import glob
+    import signal
+    import time
+    (tmp_path / "params.yaml").write_text(PARAMS.replace("EPOCHS", "200000"))
+    cache = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "samkit", "sweep", "--studies", "simplicity",
+                             "--cache", str(cache), "--workers", "2"], cwd=tmp_path, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while len(glob.glob(str(cache / "*.ckpt"))) < 2:
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    while any(str(cache) in _cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit()):
+        time.sleep(0.1)   # the workers die too (their locks go with them)
+    left = sorted(os.path.basename(f) for f in glob.glob(str(cache / "*")))
+    assert [f for f in left if f.startswith("sweep-")] and \
+        len([f for f in left if f.endswith(".lock")]) == 2, left
+    sweep.remove_debris(str(cache))   # what the next sweep.run does first
+    # left: the checkpoints to resume (and a checkpoint write cut short, removed under the
+    # run's lock when it resumes)
+    assert sorted(os.listdir(cache)) == [f for f in left if ".ckpt" in f]
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

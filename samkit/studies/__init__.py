@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import fmt, stats
+from .. import fit, fmt, stats
 
 MODULES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
            "hessian", "simplicity", "datasize", "frontier")
+
+
+@dataclass(frozen=True)
+class SourceEffect:
+    """The source's own size of a claimed effect (read off its figure or table), in the
+    claim's unit (a fraction for pp, a log ratio for ratios), with where it comes from."""
+    value: float
+    where: str
 
 
 @dataclass
@@ -27,7 +36,9 @@ class Claim:
     """A tested claim: its words, its source, the measured effect and the verdict against δ.
 
     ``unit``: "pp" (a difference of accuracies), "pp/doubling" (a width-trend slope) or
-    "ratio" (``effect`` is a difference of logs; shown as a ratio)."""
+    "ratio" (``effect`` is a difference of logs; shown as a ratio). ``source_effect``: the
+    source's own estimate of the effect, where it quantifies one. ``robustness`` is filled in
+    by ``robustness.check`` (leave-one-seed-out and the retrain check)."""
     id: str
     text: str
     source: str
@@ -36,10 +47,16 @@ class Claim:
     delta_reason: str
     direction: int = 1
     unit: str = "pp"
+    source_effect: SourceEffect | None = None
+    robustness: dict | None = None
 
     @property
     def verdict(self) -> str:
         return stats.verdict(self.effect, self.delta, self.direction)
+
+    @property
+    def p_value(self) -> float:
+        return stats.decision_p(self.effect, self.delta)
 
     @property
     def seeds_needed(self) -> int | None:
@@ -47,13 +64,16 @@ class Claim:
             return None
         return stats.seeds_needed(self.effect, self.delta)
 
+    def _show(self, est, low=None, high=None) -> str:
+        if self.unit == "ratio":
+            return fmt.ratio(est, low, high)
+        s = fmt.pp(est, low, high)
+        return s.replace(" pp", " pp per doubling", 1) if self.unit == "pp/doubling" else s
+
     @property
     def shown(self) -> str:
         e = self.effect
-        if self.unit == "ratio":
-            return fmt.ratio(e.estimate, e.low, e.high)
-        s = fmt.pp(e.estimate, e.low, e.high)
-        return s.replace(" pp", " pp per doubling", 1) if self.unit == "pp/doubling" else s
+        return self._show(e.estimate, e.low, e.high)
 
     @property
     def delta_shown(self) -> str:
@@ -61,15 +81,34 @@ class Claim:
             return f"×{math.exp(self.delta):.2f}"
         return f"{100 * self.delta:.2f} pp"
 
+    @property
+    def source_shown(self) -> str:
+        """The source's own effect, whether our 95% CI holds it, and whether it is below δ."""
+        s = self.source_effect
+        if s is None:
+            return ""
+        v = s.value
+        held = self.effect.low <= v <= self.effect.high
+        small = abs(v) < self.delta
+        return (f"{self._show(v)} ({s.where}); our CI {'holds' if held else 'excludes'} it"
+                + ("; the source's own effect is below δ, so this scale cannot resolve it"
+                   if small else ""))
+
     def metrics(self) -> dict:
         """What metrics.json (and `dvc exp show`) records of this claim."""
         e = self.effect
+        s = self.source_effect
         return {"text": self.text, "source": self.source, "unit": self.unit,
                 "estimate": e.estimate, "ci_low": e.low, "ci_high": e.high, "n": e.n,
                 "delta": self.delta, "delta_reason": self.delta_reason,
                 "direction": self.direction, "verdict": self.verdict,
-                "seeds_needed": self.seeds_needed, "shown": self.shown,
-                "delta_shown": self.delta_shown, "explained": self.explained}
+                "p_value": self.p_value, "seeds_needed": self.seeds_needed,
+                "shown": self.shown, "delta_shown": self.delta_shown,
+                "explained": self.explained,
+                "source_effect": None if s is None else s.value,
+                "source_where": None if s is None else s.where,
+                "source_shown": self.source_shown,
+                "robustness": self.robustness}
 
     @property
     def explained(self) -> str:
@@ -78,19 +117,25 @@ class Claim:
         zero = "1 (no change)" if self.unit == "ratio" else "0"
         band = (f"×1/{math.exp(self.delta):.2f} to {self.delta_shown}" if self.unit == "ratio"
                 else f"±{self.delta_shown}")
+        small = (" The source's own effect is also below δ: it cannot be resolved at this scale."
+                 if self.source_effect is not None and abs(self.source_effect.value) < self.delta
+                 else "")
         if v == "supports":
-            return f"supports: the 95% CI lies {side} {zero}"
+            return f"supports: the 95% CI lies {side} {zero}" + small
+        if v == "below δ":
+            return (f"below δ: the 95% CI lies {side} {zero} but inside {band}: real, too "
+                    "small to matter at this resolution" + small)
         if v == "contradicts":
             inside = (self.effect.low > -self.delta and self.effect.high < self.delta)
             return (f"contradicts: the 95% CI lies inside {band} (no effect worth having at "
                     "this scale)" if inside else
-                    f"contradicts: the 95% CI lies on the other side of {zero}")
+                    f"contradicts: the 95% CI lies on the other side of {zero}") + small
         n = self.seeds_needed
         if self.effect.n < 2:
             return "cannot tell: fewer than 2 finished seed pairs"
-        more = (f"about {n} seeds would decide it" if n and n <= stats.MAX_SEEDS
+        more = (f"about {n} seeds would give 80% power to detect δ" if n and n <= stats.MAX_SEEDS
                 else "no feasible number of seeds would decide it")
-        return f"cannot tell: the 95% CI spans {zero} and reaches beyond {band}; {more}"
+        return f"cannot tell: the 95% CI spans {zero} and reaches beyond {band}; {more}" + small
 
 
 @dataclass
@@ -124,16 +169,23 @@ def module(name: str):
 
 
 def run(name: str, section: dict, profile: str, cache: str = "results/runs",
-        root: str = "results", progress: bool = True) -> Study:
-    """Configs from the study's params section -> cached runs -> analysis -> saved results.
-    ``progress``: one line per trained run; the worker processes write it to the terminal of
-    `dvc repro` (the kernel's own output goes into the notebook, whose cell the book hides)."""
-    from .. import params, results, sweep
+        root: str = "results", progress: bool = True,
+        retrain_root: str | None = None) -> Study:
+    """Configs from the study's params section -> cached runs -> the fit rule -> analysis ->
+    robustness of every verdict -> saved results. ``progress``: one line per trained run;
+    the worker processes write it to the terminal of `dvc repro` (the kernel's own output
+    goes into the notebook, whose cell the book hides). ``retrain_root``: the retrain check's
+    runs (default ``<root>/retrain``)."""
+    from .. import params, results, robustness, sweep
     t0 = time.time()
-    runs = sweep.run(params.study_configs(name, section, profile), cache=cache,
-                     progress=progress)
-    analysis = module(name).analyze(runs)
+    raw = sweep.run(params.study_configs(name, section, profile), cache=cache,
+                    progress=progress)
+    runs = fit.mark(raw)
+    analyze = module(name).analyze
+    analysis = analyze(runs)
     analysis.facts.update(regime(runs))
+    retrained = robustness.retrain_sets(retrain_root or os.path.join(root, "retrain"))
+    analysis.facts["robustness"] = robustness.check(analyze, raw, analysis.claims, retrained)
     meta = results.save(name, profile, runs, analysis.tables, params=section[profile],
                         seconds=time.time() - t0, metrics=analysis.metrics(), root=root)
     return Study(name, runs, analysis, meta)
@@ -143,7 +195,8 @@ def regime(runs: pd.DataFrame) -> dict:
     """The scale of a study in numbers, for its page: training images, epochs, seeds, the
     final training accuracy reached (lowest and highest over the finished runs)."""
     ok = runs[runs["status"] == "ok"]
-    out = {"runs": len(runs), "diverged": int((runs["status"] != "ok").sum()),
+    out = {"runs": len(runs), "diverged": int((runs["status"] == "diverged").sum()),
+           "unfit": int((runs["status"] == "unfit").sum()), "fit_rule": fit.RULE,
            "seeds": int(runs["seed"].nunique()),
            "epochs": ", ".join(str(e) for e in sorted(runs["epochs"].unique()))}
     names = {"mlp": "MLP", "preact_resnet18": "PreAct ResNet-18", "one_hidden_relu":
@@ -188,20 +241,28 @@ def ensure_columns(runs: pd.DataFrame, columns) -> pd.DataFrame:
 
 
 def status_line(runs: pd.DataFrame) -> str:
-    """How many runs finished, in words, for a page's prose (says so when all diverged)."""
-    n, bad = len(runs), int((runs["status"] != "ok").sum())
+    """How many runs finished and fit, in words, for a page's prose (says so when none did)."""
+    n = len(runs)
+    diverged = int((runs["status"] == "diverged").sum())
+    unfit = int((runs["status"] == "unfit").sum())
     if n == 0:
         return "there are no runs, so nothing can be compared and every verdict is cannot tell"
-    if bad == 0:
-        return f"all {fmt.count(n, 'run')} finished"
-    if bad == n:
+    if diverged + unfit == 0:
+        return f"all {fmt.count(n, 'run')} finished and fit their training set"
+    if diverged == n:
         return (f"all {fmt.count(n, 'run')} diverged, so nothing can be compared and every "
                 "verdict is cannot tell")
-    return (f"{bad} of {fmt.count(n, 'run')} diverged; a seed pair with a diverged side is "
-            "left out of the effects and counted in the tables")
+    if diverged + unfit == n:
+        return (f"none of the {fmt.count(n, 'run')} finished and fit its training set, so "
+                "nothing can be compared and every verdict is cannot tell")
+    parts = [f"{diverged} diverged"] * bool(diverged) + [f"{unfit} failed to fit"] * bool(unfit)
+    first, _, rest = " and ".join(parts).partition(" ")  # "1 of 54 runs diverged and 2 ..."
+    return (f"{first} of {fmt.count(n, 'run')} {rest}; a seed pair with such a side is left out "
+            "of the effects and counted in the tables")
 
 
-PAIRED_COLUMNS = ("estimate", "low", "high", "n", "sd", "diverged", "treatment", "control")
+PAIRED_COLUMNS = ("estimate", "low", "high", "n", "sd", "diverged", "unfit", "treatment",
+                  "control")
 
 
 def paired_table(runs: pd.DataFrame, metric: str, treatment: dict, control: dict,

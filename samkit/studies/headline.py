@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import fmt, stats
-from . import Analysis, Claim
+from . import Analysis, Claim, SourceEffect
 
 NAME = "headline"
 TITLE = "Headline: SAM at equal compute, the blog's table"
@@ -37,12 +37,21 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         claims += [
             Claim(f"sam{key}_acc", f"SAM {key} ep beats SGD 300 ep in test accuracy", SOURCE,
                   _paired(runs, "final_test_acc", arm), DELTA_ACC,
-                  "0.3 pp; the blog's margins are 0.5-0.7 pp"),
+                  "0.3 pp; the blog's margins are 0.5-0.7 pp",
+                  source_effect=_blog(arm, "blog_test_acc")),
             Claim(f"sam{key}_gap", f"SAM {key} ep has a smaller train-test gap than SGD 300 ep",
                   SOURCE, _paired(runs, "final_gap", arm), DELTA_GAP,
-                  "1 pp; the blog reports 4.5 pp less gap", direction=-1),
+                  "1 pp; the blog reports 4.5 pp less gap", direction=-1,
+                  source_effect=_blog(arm, "blog_gap")),
         ]
     return Analysis({"vs_blog": table}, claims, _arm_facts(table))
+
+
+def _blog(arm: str, column: str) -> SourceEffect:
+    """The blog's own difference, ``arm`` − SGD 300 ep, of one of its table's columns."""
+    t = BLOG_TABLE.set_index("arm")[column]
+    return SourceEffect(float(t[arm] - t["SGD 300 ep"]),
+                        "the blog's table, PreActResNet18 width 64, 60k images")
 
 
 def _paired(runs, metric, arm) -> stats.Effect:
@@ -61,7 +70,8 @@ def vs_blog(runs: pd.DataFrame) -> pd.DataFrame:
         g = runs[runs["tag"] == arm]
         ok = g[g["status"] == "ok"]
         row = {"arm": arm, "epochs": int(g["epochs"].iloc[0]) if len(g) else np.nan,
-               "n": len(ok), "diverged": len(g) - len(ok)}
+               "n": len(ok), "diverged": int((g["status"] == "diverged").sum()),
+               "unfit": int((g["status"] == "unfit").sum())}
         for col, metric in (("test_acc", "final_test_acc"), ("gap", "final_gap")):
             e = stats.mean_effect(ok[metric]) if metric in ok else stats.NO_EFFECT
             row[col], row[f"{col}_ci"] = e.estimate, (e.high - e.low) / 2

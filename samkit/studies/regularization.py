@@ -18,7 +18,6 @@ every variant).
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from .. import stats
@@ -56,17 +55,6 @@ def variant_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def seed_slopes(v: pd.DataFrame) -> dict:
-    """Per seed, the least-squares slope of SAM − SGD (``acc``) on log2(parameters); a seed
-    needs finished pairs at >= 2 sizes. The same rule as ``stats.slope``."""
-    p = stats.pairs(v, "acc", SAM, SGD, ["params"])
-    out = {}
-    for seed, g in p[p["ok"]].groupby("seed"):
-        if g["params"].nunique() >= 2:
-            out[seed] = float(np.polyfit(np.log2(g["params"].astype(float)), g["diff"], 1)[0])
-    return out
-
-
 def analyze(runs: pd.DataFrame) -> Analysis:
     tags = sorted(map(str, runs["tag"].unique())) if "tag" in runs else []
     if REGULARIZED not in tags:
@@ -75,7 +63,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     v = variant_runs(runs)
     gain = paired_table(v, "acc", SAM, SGD, by=["variant", "width", "params"])
     by_variant = {name: v[v["variant"] == name] for name in VARIANTS}
-    slopes = {name: seed_slopes(g) for name, g in by_variant.items()}
+    slopes = {name: stats.seed_slopes(g, "acc", SAM, SGD) for name, g in by_variant.items()}
     claims = []
     for name in VARIANTS:
         claims.append(Claim(

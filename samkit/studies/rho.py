@@ -77,15 +77,17 @@ def rho_star(sam: pd.DataFrame) -> pd.DataFrame:
     ok = sam[(sam["status"] == "ok") & sam[METRIC].notna()]
     ok = ok.sort_values(["seed", "width", METRIC, "rho"], ascending=[True, True, False, True])
     star = ok.groupby(["seed", "width"], sort=True).head(1)
-    return star[["seed", "width", "params", "rho", METRIC]].rename(
+    keep = ["seed", *(["model"] if "model" in star else []), "width", "params", "rho", METRIC]
+    return star[keep].rename(
         columns={"rho": "rho_star"}).reset_index(drop=True)
 
 
 def rho_star_slope(star: pd.DataFrame) -> stats.Effect:
     """Per seed, the least-squares slope of ln ρ* on log2(params) (ln units per doubling;
-    exp() is the factor per doubling); mean and 95% CI over seeds with >= 2 widths."""
+    exp() is the factor per doubling) over the source's range of MLP sizes; mean and 95% CI
+    over seeds with >= 2 widths."""
     slopes = []
-    for _, g in star.groupby("seed"):
+    for _, g in stats.in_trend_range(star).groupby("seed"):
         if g["params"].nunique() < 2:
             continue
         if g["rho_star"].nunique() == 1:  # exactly flat (polyfit would leave ±1e-17)

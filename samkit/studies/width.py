@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import stats
-from . import Analysis, Claim
+from .. import sources, stats
+from . import Analysis, Claim, SourceEffect
 
 NAME = "width"
 TITLE = "Width: does SAM's gain grow with the number of parameters?"
@@ -22,15 +22,41 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     claims = []
     for model, g in runs.groupby("model", sort=True):
         widest = g["width"].max()
+        mlp = model == "mlp"
         claims += [
-            Claim(f"{model}.grows", f"SAM's gain grows with the parameters ({model})",
+            Claim(f"{model}.grows", f"SAM's gain grows with the parameters ({model}, over the "
+                  "paper's range of model sizes)",
                   "Shin et al. Sec. 3", stats.slope(g, METRIC, SAM, SGD), DELTA_SLOPE,
-                  "0.1 pp per doubling: 0.7 pp over a 128x wider model", unit="pp/doubling"),
+                  "0.1 pp per doubling: 0.7 pp over a 128x wider model", unit="pp/doubling",
+                  source_effect=SourceEffect(sources.shin_mlp_slope(), sources.SHIN_MLP_WHERE)
+                  if mlp else None),
             Claim(f"{model}.widest", f"SAM beats SGD at the widest {model} (width {widest})",
                   "Shin et al. Sec. 3", _effect_at(gain, model, widest), DELTA_GAIN,
-                  "0.3 pp: the paper's smallest reported gains are 0.2-2 pp"),
+                  "0.3 pp: the paper's smallest reported gains are 0.2-2 pp",
+                  source_effect=SourceEffect(sources.shin_mlp_widest(),
+                                             sources.SHIN_MLP_WHERE + ", at 5.4M")
+                  if mlp else None),
         ]
+        claims.append(_narrowest_fit(g, model))
     return Analysis({"gain": gain}, claims)
+
+
+def _narrowest_fit(g: pd.DataFrame, model: str) -> Claim:
+    """Below the paper's range, does SAM fit its training set worse than SGD? Paired on the
+    peak clean training accuracy of every finished run, those that fail the fit rule included
+    (failing to fit is what this claim measures)."""
+    narrowest = g["width"].min()
+    at = g[g["width"] == narrowest].assign(
+        status=lambda d: d["status"].replace("unfit", "ok"))
+    effect = (stats.mean_effect(stats.pairs(at, "peak_train_acc_clean", SAM, SGD)
+                                .query("ok")["diff"])
+              if "peak_train_acc_clean" in at else stats.NO_EFFECT)
+    return Claim(f"{model}.narrowest_fits_worse",
+                 f"At the narrowest {model} (width {narrowest}) SAM fits the training set worse "
+                 "than SGD (peak training accuracy on clean labels, SAM − SGD)",
+                 "Shin et al. Sec. 3 (SAM gains little when underparameterized)", effect,
+                 DELTA_GAIN, "0.3 pp, the smallest accuracy difference of interest throughout",
+                 direction=-1)
 
 
 def _effect_at(gain: pd.DataFrame, model: str, width: int) -> stats.Effect:
