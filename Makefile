@@ -15,7 +15,7 @@ REPRO_START := $(VENV)/.repro-start
 OLD_RUNS := results/runs.before-retrain
 BOOK_DIR ?= book
 
-.PHONY: setup repro retrain test book bench clean-book
+.PHONY: setup repro retrain verify test book bench clean-book
 
 setup: $(STAMP)
 
@@ -45,6 +45,15 @@ retrain: setup
 	if [ -d results/runs ]; then mv results/runs $(OLD_RUNS); fi
 	. $(VENV)/bin/activate && python -m samkit sweep && dvc repro -f
 	@$(PY) -m samkit.results $(REPRO_START)
+
+# The retrain check on this machine: each study's lowest seed retrained into
+# results/retrain/<this CPU and ISA>/, then every verdict recomputed with those runs in place of
+# the committed ones; a verdict that changes is marked fragile on its page and the front page.
+VERIFY_SET = $$($(PY) -c 'from samkit.provenance import cpu_model, cpu_isa; import re; print(re.sub(r"[^a-z0-9]+", "-", (cpu_model() + " " + cpu_isa()).lower()).strip("-"))')
+
+verify: setup
+	. $(VENV)/bin/activate && python -m samkit sweep --lowest-seed --cache results/retrain/$(VERIFY_SET) && dvc repro
+	@echo "retrain check: see each claim's robustness on its page and the fragile list on the front page"
 
 test: setup
 	. $(VENV)/bin/activate && python -m pytest -q

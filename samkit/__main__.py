@@ -91,15 +91,19 @@ def cmd_validate(args, parser):
     return 0
 
 
-def _configs(params, profile, studies) -> dict:
+def _configs(params, profile, studies, lowest_seed: bool = False) -> dict:
     """{run key: config} of ``studies`` under ``profile``, each run once (studies share
-    runs), in their order."""
+    runs), in their order. ``lowest_seed``: only each study's lowest seed, the fixed sample
+    of the retrain check (samkit.robustness), chosen by rule and not by looking."""
     from .params import study_configs
     from . import sweep
     configs = {}
     for name in studies:
-        for cfg in study_configs(name, params[name], profile):
-            configs.setdefault(sweep.run_key(cfg), cfg)
+        runs = study_configs(name, params[name], profile)
+        lowest = min((cfg.seed for cfg in runs), default=None)
+        for cfg in runs:
+            if not lowest_seed or cfg.seed == lowest:
+                configs.setdefault(sweep.run_key(cfg), cfg)
     return configs
 
 
@@ -139,7 +143,7 @@ def cmd_sweep(args, parser):
             if name not in STUDIES or name not in params:
                 raise ParamsError(f"--studies: got {name!r}; allowed: "
                                   f"{', '.join(s for s in STUDIES if s in params)}")
-        configs = _configs(params, profile, studies)
+        configs = _configs(params, profile, studies, args.lowest_seed)
     except ParamsError as e:
         return params_errors(e)
     t0 = time.time()
@@ -222,6 +226,9 @@ def main(argv=None):
     w.add_argument("--profile", help="default: params.yaml's profile")
     w.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     w.add_argument("--cache", default="results/runs")
+    w.add_argument("--lowest-seed", action="store_true",
+                   help="only each study's lowest seed: the retrain check's sample (`make "
+                        "verify` trains it into results/retrain/<name>/)")
     w.add_argument("--params", default="params.yaml")
     yes = "start even if the runs to train are estimated above params.yaml's max_core_hours"
     w.add_argument("--yes", action="store_true", help=yes)
