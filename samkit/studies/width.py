@@ -51,7 +51,7 @@ def _narrowest_fit(g: pd.DataFrame, model: str) -> Claim:
     effect = (stats.mean_effect(stats.pairs(at, "peak_train_acc_clean", SAM, SGD)
                                 .query("ok")["diff"])
               if "peak_train_acc_clean" in at else stats.NO_EFFECT)
-    return Claim(f"{model}.narrow_fit",
+    return Claim(f"{model}.fit",
                  f"At the narrowest {model} (width {narrowest}) SAM fits the training set worse "
                  "than SGD (peak training accuracy on clean labels, SAM − SGD)",
                  "Shin et al. Sec. 3 (SAM gains little when underparameterized)", effect,
