@@ -80,6 +80,7 @@ from torch import nn
 from samkit.bn import bn_frozen
 from samkit.graphs import GraphStep
 from samkit import models
+from samkit.provenance import cpu_model
 from samkit.atomic import write_json
 from samkit.models import count_params
 from samkit.provenance import git_commit
@@ -376,17 +377,6 @@ def time_config(spec, batch, mode, device, steps, warmup, block, seed=0, variant
 
 # --------------------------------------------------------------------------- provenance, output
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_info(device):
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -396,7 +386,7 @@ def device_info(device):
                      tf32_cudnn=torch.backends.cudnn.allow_tf32,
                      cudnn_benchmark=torch.backends.cudnn.benchmark)
     else:
-        name, slug, extra = f"CPU ({_cpu_name()})", "cpu", {}
+        name, slug, extra = f"CPU ({cpu_model()})", "cpu", {}
     return name, slug, extra
 
 
