@@ -28,7 +28,7 @@ Back on a CPU machine, with the folder the device tool fetched:
 Why three runs in threads of one process: CUDA runs kernels of one process's streams
 concurrently, but time-slices separate processes (without MPS, a daemon we cannot count on), so
 three processes would take the sum of the three runs' times. At batch 128 even a width-64 step
-leaves an H100 mostly idle (DESIGN.md section 5: a SAM step of 5.5 ms is ~15% of the GPU's bf16
+leaves an H100 mostly idle (an earlier H100 measurement: a SAM step of 5.5 ms is ~15% of the GPU's bf16
 throughput), so concurrent streams fill it. With graphs a step costs the host one replay call,
 so three Python threads do not wait on each other's launches; captures are serialised. The
 numbers of a run do not depend on the runs beside it (only their times do: results say so).

@@ -2,8 +2,8 @@
 
 At batch 128 a GPU step is launch-bound: CUDA graphs of the model alone left SAM's vector ops
 un-captured (SAM/SGD 2.9 on an H100), while the whole step captured together (both passes, ε,
-the restore, the BatchNorm freeze, the base update) reached the floor of 2.0 (shared/DESIGN.md
-§5). ``GraphStep`` does that for the trainer and for ``benchmarks/step_time.py``:
+the restore, the BatchNorm freeze, the base update) reached the floor of 2.0 (measured on one H100,
+torch 2.11). ``GraphStep`` does that for the trainer and for ``benchmarks/step_time.py``:
 
 * It runs exactly the step ``samkit.train.train_epoch`` runs eagerly (``train_step`` below), in
   the same order, so a graph run's numbers are an eager run's on the same GPU (the run key
