@@ -143,16 +143,22 @@ def test_the_repro_line_counts_replayed_and_trained_runs(tmp_path):
     assert line.endswith("To retrain every run into a fresh cache (hours): make retrain")
 
 
+def _outside_make():
+    """The environment of a shell, not of a recipe: CI runs this suite from `make test`, and a
+    nested make then prints "Entering directory" lines around the commands."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+
+
 def test_make_repro_ends_with_the_line_and_make_retrain_keeps_the_old_cache():
     """`make -n`: the commands, in order, without running them."""
     r = subprocess.run(["make", "-n", "-o", "setup", "repro"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, env=_outside_make())
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "touch .venv/.repro-start" and "dvc repro" in lines[1]
     assert lines[-1] == ".venv/bin/python -m samkit.results .venv/.repro-start", lines
     r = subprocess.run(["make", "-n", "-o", "setup", "retrain"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, env=_outside_make())
     assert r.returncode == 0, r.stderr
     assert "mv results/runs results/runs.before-retrain" in r.stdout
     assert "python -m samkit sweep && dvc repro -f" in r.stdout
