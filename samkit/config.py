@@ -17,6 +17,9 @@ from .models import MODELS
 # (LookSAM: SAM every `sam_interval` steps, the reused component in between); msam
 # (Momentum-SAM: ε from the momentum buffer, one pass per step). See samkit.sam.
 OPTIMIZERS = ("sgd", "sam", "asam", "looksam", "msam")
+# frozen: samkit.bn_frozen (the fix); updated: no fix, the perturbed pass's batch statistics
+# enter the running averages; momentum0: BatchNorm momentum 0 for the pass (davda54/sam's fix).
+BN_PERTURBED = ("frozen", "updated", "momentum0")
 SCHEDULES = ("step", "step3", "cosine", "constant")
 LOSSES = ("auto", "ce", "mse")
 PRUNE = ("none", "random", "snip")
@@ -49,6 +52,7 @@ class TrainConfig:
     eta: float = 0.01            # ASAM's T = |w| + eta
     sam_interval: int = 1        # sam/asam/looksam: the ascent (2nd pass) on 1 step in k
     looksam_alpha: float = 0.7   # looksam: weight of the reused component between SAM steps
+    bn_perturbed: str = "frozen"  # BatchNorm running stats in SAM's 2nd pass (samkit.bn)
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -62,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     # measurement
     hessian_samples: int = 0     # >0: λmax, trace, non-uniformity on this many training points
+    bn_drift: bool = False       # running stats vs those the final weights give (samkit.bn)
     # execution (not part of a run's identity)
     device: str = "auto"
     bf16: bool = False
@@ -90,6 +95,8 @@ class TrainConfig:
             d["sam_interval"] = KEY_OMITTED_AT_DEFAULT["sam_interval"]
         if self.optimizer != "looksam":
             d["looksam_alpha"] = KEY_OMITTED_AT_DEFAULT["looksam_alpha"]
+        if self.optimizer not in ("sam", "asam", "looksam"):  # no perturbed pass
+            d["bn_perturbed"] = KEY_OMITTED_AT_DEFAULT["bn_perturbed"]
         for k, default in KEY_OMITTED_AT_DEFAULT.items():
             if d[k] == default:
                 d.pop(k)
@@ -106,12 +113,14 @@ class TrainConfig:
 # a config that existed before them keeps its key (tests/test_train_variants.py checks the
 # committed cache entries). Their defaults are therefore fixed for good: a changed default would
 # give an old key to a run with other numbers. Add every field added from now on here.
-KEY_OMITTED_AT_DEFAULT = {"sam_interval": 1, "looksam_alpha": 0.7}
+KEY_OMITTED_AT_DEFAULT = {"sam_interval": 1, "looksam_alpha": 0.7, "bn_perturbed": "frozen",
+                          "bn_drift": False}
 _DEFAULT_ETA = 0.01  # TrainConfig.eta's default
 
 
 _CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE, "compile": COMPILE}
+            "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE, "compile": COMPILE,
+            "bn_perturbed": BN_PERTURBED}
 _POSITIVE = ("width", "depth", "lr", "batch_size", "epochs", "eval_every")
 _NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "weight_decay", "seed",
                  "hessian_samples", "prune_to_width")
@@ -162,6 +171,11 @@ def validate_config(cfg) -> None:
     if cfg.optimizer == "msam" and not cfg.momentum > 0:
         raise ValueError(f"momentum: got {cfg.momentum!r} with optimizer 'msam'; allowed: "
                          "momentum > 0 (Momentum-SAM perturbs along the momentum buffer)")
+    if cfg.model != "preact_resnet18" and (cfg.bn_perturbed != "frozen" or cfg.bn_drift):
+        name = "bn_perturbed" if cfg.bn_perturbed != "frozen" else "bn_drift"
+        raise ValueError(f"{name}: got {getattr(cfg, name)!r} with model {cfg.model!r} (no "
+                         "BatchNorm); allowed: " + ("frozen" if name == "bn_perturbed"
+                                                    else "false") + ", or model preact_resnet18")
     if cfg.prune == "none" and (cfg.sparsity or cfg.prune_to_width):
         raise ValueError(f"prune: got 'none' with sparsity={cfg.sparsity}, prune_to_width="
                          f"{cfg.prune_to_width}; allowed: random, snip (or drop the sparsity)")
@@ -227,6 +241,9 @@ HELP = {
     "sam_interval": "sam/asam/looksam: the SAM ascent (2nd pass) on 1 step in k",
     "looksam_alpha": "looksam: weight of the reused component between SAM steps",
     "eta": "ASAM's T = |w| + eta",
+    "bn_perturbed": "BatchNorm running stats in SAM's 2nd pass: frozen (the fix) | updated "
+                    "(no fix) | momentum0",
+    "bn_drift": "measure the BatchNorm running stats' distance from those of the final weights",
     "lr": "learning rate", "momentum": "SGD momentum", "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay", "batch_size": "batch size", "epochs": "epochs",
     "eval_every": "evaluate and checkpoint every N epochs (and after the last)",

@@ -68,10 +68,11 @@ def hyper_key(opt) -> tuple:
                  for g in opt.param_groups)
 
 
-def train_step(model, opt, loss_fn, x, y, autocast):
+def train_step(model, opt, loss_fn, x, y, autocast, perturbed_bn=bn_frozen):
     """The one training step: ``samkit.train.train_epoch`` runs it eagerly and ``GraphStep``
     captures it. Returns the first pass's loss, detached, in float32. ``autocast()`` makes a
-    fresh context (torch.autocast, or contextlib.nullcontext when bf16 is off)."""
+    fresh context (torch.autocast, or contextlib.nullcontext when bf16 is off);
+    ``perturbed_bn(model)`` the context of SAM's second pass (``samkit.bn.PERTURBED_PASS``)."""
     if isinstance(opt, MomentumSAM):  # ε is known before the pass: to w̃ first
         opt.first_step(zero_grad=True)
     with autocast():
@@ -81,7 +82,7 @@ def train_step(model, opt, loss_fn, x, y, autocast):
         opt.second_step(zero_grad=True)
     elif isinstance(opt, SAM):
         if opt.first_step(zero_grad=True):
-            with bn_frozen(model), autocast():
+            with perturbed_bn(model), autocast():
                 loss_fn(model(x), y).backward()
         opt.second_step(zero_grad=True)
     else:
@@ -129,11 +130,12 @@ class GraphStep:
     (0-d float32, on the device; a replay's output: use it before the next call)."""
 
     def __init__(self, model, opt, loss_fn, batch_size: int, bf16: bool = False,
-                 warmup: int = WARMUP):
+                 warmup: int = WARMUP, perturbed_bn=bn_frozen):
         device = next(model.parameters()).device
         require_cuda(device)
         self.model, self.opt, self.loss_fn = model, opt, loss_fn
         self.batch_size, self.bf16, self.warmup = batch_size, bf16, warmup
+        self.perturbed_bn = perturbed_bn
         self.device_type = device.type
         self.stream = BACKEND.stream(device)  # eager steps and captures; replays: the caller's
         self.static = None                    # (x, y) input buffers of the captured graphs
@@ -146,7 +148,8 @@ class GraphStep:
                               cache_enabled=False)
 
     def _step(self, x, y):
-        return train_step(self.model, self.opt, self.loss_fn, x, y, self._autocast)
+        return train_step(self.model, self.opt, self.loss_fn, x, y, self._autocast,
+                          self.perturbed_bn)
 
     def __call__(self, x, y):
         if not self.model.training:

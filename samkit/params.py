@@ -39,6 +39,12 @@ SECTION_KEYS = ("base", "grid", "arms")
 REQUIRED = {
     "hessian": {"hessian_samples": (lambda v: v > 0, "an int > 0 (the study measures the "
                                     "Hessian of each run on this many training points)")},
+    "batchnorm": {"model": (lambda v: v == "preact_resnet18", "preact_resnet18 (the study "
+                            "compares what BatchNorm layers do in SAM's second pass)"),
+                  "optimizer": (lambda v: v in ("sam", "asam"), "sam or asam (a second, "
+                                "perturbed pass)"),
+                  "bn_drift": (lambda v: v is True, "true (the study compares the running "
+                               "statistics' drift)")},
     "simplicity": {"dataset": (lambda v: v == "toy1d", "toy1d (the study reads each run's "
                                "learned 1-D function on a grid of inputs)")},
 }

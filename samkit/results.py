@@ -22,6 +22,10 @@ RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_nois
                "cached")
 
 
+# The run-table columns that are measurements (the rest describe the run).
+METRIC_PREFIXES = ("final_", "best_", "hessian_", "bn_drift_")
+
+
 def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.DataFrame],
          params: dict, seconds: float, metrics: dict | None = None, root: str = "results") -> dict:
     """Write the study's files; returns the metrics.json content (for the notebook's prose).
@@ -29,7 +33,7 @@ def save(study: str, profile: str, runs: pd.DataFrame, tables: dict[str, pd.Data
     stage's wall time, is not; the date is the day), so a rerun leaves `git diff` empty."""
     out = os.path.join(root, profile, study)
     os.makedirs(out, exist_ok=True)
-    metric_cols = [c for c in runs.columns if c.startswith(("final_", "best_", "hessian_"))]
+    metric_cols = [c for c in runs.columns if c.startswith(METRIC_PREFIXES)]
     cols = [c for c in RUN_COLUMNS if c in runs.columns] + metric_cols
     _csv_atomic(runs[cols], os.path.join(out, "runs.csv"))
     for name, table in tables.items():

@@ -408,7 +408,8 @@ def _progress_line(n, total, cfg, result) -> str:
 
 
 def to_row(result: dict) -> dict:
-    """Flatten a result: config fields, status, params, final_*/best_* metrics, hessian_*."""
+    """Flatten a result: config fields, status, params, final_*/best_* metrics, hessian_*,
+    bn_drift_*."""
     row = {**result["config"], "status": result["status"],
            "diverged_epoch": result.get("diverged_epoch"), "params": result["params"],
            "nonzero_params": result["nonzero_params"], "seconds": result["seconds"],
@@ -419,6 +420,8 @@ def to_row(result: dict) -> dict:
             row[f"{prefix}_{k}"] = v
     for k, v in result.get("hessian", {}).items():
         row[f"hessian_{k}"] = v
+    for k, v in result.get("bn_drift", {}).items():
+        row[f"bn_drift_{k}"] = v
     from .fit import peaks  # the fit rule reads the peak over the whole history
     row.update(peaks(result))
     return row

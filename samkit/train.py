@@ -22,6 +22,7 @@ from .build import build, load_for  # noqa: F401
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
 from .config import TrainConfig  # noqa: F401  (the public name: train.run(TrainConfig(...)))
 from .models import count_params
+from .bn import PERTURBED_PASS, running_stats_drift
 from .sam import SAM
 
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
@@ -78,8 +79,10 @@ def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None, stepp
     ``stepper``: compile="graph"'s samkit.graphs.GraphStep, kept across epochs (made here if
     not given)."""
     model.train()
+    perturbed_bn = PERTURBED_PASS[cfg.bn_perturbed]
     if cfg.compile == "graph" and stepper is None:
-        stepper = graphs.GraphStep(model, opt, loss_fn, cfg.batch_size, cfg.bf16)
+        stepper = graphs.GraphStep(model, opt, loss_fn, cfg.batch_size, cfg.bf16,
+                                   perturbed_bn=perturbed_bn)
     device = data.x_train.device
     g = _epoch_generator(cfg.seed, epoch, device)
     n = len(data.x_train)
@@ -99,7 +102,7 @@ def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None, stepp
         # The one step definition (graphs.train_step); with compile="graph" the same step,
         # replayed from a CUDA graph.
         loss = (stepper(x, y) if stepper is not None
-                else graphs.train_step(model, opt, loss_fn, x, y, autocast))
+                else graphs.train_step(model, opt, loss_fn, x, y, autocast, perturbed_bn))
         total += loss * len(idx)
         if progress is not None:
             progress.update(len(idx))
@@ -259,6 +262,8 @@ def _result(cfg, model, data, history, best, status, loss_fn, best_state):
         n = min(cfg.hessian_samples, len(data.x_train))
         result["hessian"] = sharpness(model, loss_fn, data.x_train[:n], data.y_train[:n],
                                       seed=cfg.seed)
+    if status == "ok" and cfg.bn_drift:
+        result["bn_drift"] = running_stats_drift(model, data.x_train, cfg.batch_size)
     if status == "ok" and data.x_probe is not None:
         with torch.no_grad():
             model.eval()
