@@ -38,6 +38,23 @@ def peaks(result: dict) -> dict:
             "peak_train_acc_clean": clean if np.isfinite(clean) else peak("train_acc")}
 
 
+# Training accuracies whose first epoch the fitting-speed study compares (the blog: SAM reaches
+# "near-perfect" training accuracy later).
+FIT_LEVELS = (0.95, 0.99)
+
+
+def epochs_to_fit(result: dict) -> dict:
+    """The first evaluated epoch at which a stored result's training accuracy (on the labels it
+    trains on) reaches each of ``FIT_LEVELS``, as ``epochs_to_95`` etc.; NaN where it never
+    does (censored: the run ended first) or was not evaluated. Coarse by ``eval_every``."""
+    out = {}
+    for level in FIT_LEVELS:
+        reached = [e["epoch"] for e in result.get("history") or []
+                   if e.get("train_acc") is not None and e["train_acc"] >= level]
+        out[f"epochs_to_{round(100 * level)}"] = float(min(reached)) if reached else float("nan")
+    return out
+
+
 def reason(row) -> str | None:
     """Why a finished run fails to fit ("underfit" or "collapsed"), or None."""
     if row.get("status") != "ok":

@@ -33,6 +33,7 @@ import torch
 from .atomic import _json_default, replacing
 from .atomic import write_json as write_json_atomic
 from .config import TrainConfig
+from .fit import epochs_to_fit, peaks
 from .train import derived_grad_evals, run as train_run
 
 
@@ -422,8 +423,8 @@ def to_row(result: dict) -> dict:
         row[f"hessian_{k}"] = v
     for k, v in result.get("bn_drift", {}).items():
         row[f"bn_drift_{k}"] = v
-    from .fit import peaks  # the fit rule reads the peak over the whole history
     row.update(peaks(result))
+    row.update(epochs_to_fit(result))
     return row
 
 
@@ -434,7 +435,6 @@ def _grad_evals(result: dict):
     ceil(training examples / batch size) x passes per step (sgd 1, sam/asam 2)."""
     if result.get("grad_evals") is not None:
         return result["grad_evals"]
-    from .train import derived_grad_evals
     epochs = (result["config"]["epochs"] if result["status"] == "ok"
               else result.get("diverged_epoch"))
     return float("nan") if epochs is None else derived_grad_evals(result["config"], epochs)
