@@ -61,9 +61,12 @@ def _write_dvc_metrics(meta: dict, path: str) -> None:
     """Each claim's estimate, as the book shows it (pp, pp per doubling, ratio), for `dvc
     metrics show` / `dvc exp show`: a few short columns per study, named
     ``<study>.<claim>.<unit>``, so that an experiment fits a terminal. Everything else (CIs,
-    verdicts, facts, provenance) stays in the study's metrics.json, an ordinary output."""
+    verdicts, facts, provenance) stays in the study's metrics.json, an ordinary output; so do
+    the claims marked ``dvc_metric`` False."""
     flat = {}
     for claim_id, c in meta["metrics"].get("claims", {}).items():
+        if not c.get("dvc_metric", True):
+            continue
         suffix, convert = DVC_UNITS[c.get("unit", "pp")]
         est = c.get("estimate")
         if isinstance(est, (int, float)) and math.isfinite(est):

@@ -69,3 +69,10 @@ def test_widths_outside_the_trend_range_are_left_out():
     a = fitspeed.analyze(pd.concat([runs, narrow], ignore_index=True))
     assert a.facts["widest"] == 2048
     assert 8 not in set(a.tables["ratios"]["width"])
+
+
+def test_runs_that_all_fail_to_fit_leave_every_claim_undecided():
+    runs = make_runs().assign(status="unfit")
+    a = fitspeed.analyze(runs)
+    assert all(c.verdict == "cannot tell" and c.effect.n == 0 for c in a.claims)
+    assert list(a.tables["ratios"]["sgd_alone_censored"]) == [0] * len(a.tables["ratios"])

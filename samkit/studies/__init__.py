@@ -49,6 +49,9 @@ class Claim:
     unit: str = "pp"
     source_effect: SourceEffect | None = None
     robustness: dict | None = None
+    # False: the claim stays off `dvc exp show` (a terminal holds a few columns per study);
+    # it is on its page, the front page and metrics.json all the same.
+    dvc_metric: bool = True
 
     @property
     def verdict(self) -> str:
@@ -108,7 +111,7 @@ class Claim:
                 "source_effect": None if s is None else s.value,
                 "source_where": None if s is None else s.where,
                 "source_shown": self.source_shown,
-                "robustness": self.robustness}
+                "robustness": self.robustness, "dvc_metric": self.dvc_metric}
 
     @property
     def explained(self) -> str:

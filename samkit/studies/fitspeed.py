@@ -75,8 +75,7 @@ def _sgd_alone(runs: pd.DataFrame, column: str):
     """Per width (the order of a ``paired_table`` by width): seed pairs where SGD's run is
     censored and SAM's is not (the one case where the bound favours the claim)."""
     p = stats.pairs(runs, f"{column}_censored", SAM, SGD, by=["width"])
-    p = p[p["ok"]]
-    alone = (p[f"{column}_censored_c"] == 1) & (p[f"{column}_censored_t"] == 0)
+    alone = p["ok"] & (p[f"{column}_censored_c"] == 1) & (p[f"{column}_censored_t"] == 0)
     counts = alone.groupby(p["width"]).sum()
     return [int(counts.get(w, 0)) for w in sorted(p["width"].unique())]
 
