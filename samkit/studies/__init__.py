@@ -20,7 +20,7 @@ import pandas as pd
 from .. import fit, fmt, stats
 
 MODULES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
-           "hessian", "simplicity", "datasize", "frontier", "batchnorm", "fitspeed", "tuning")
+           "hessian", "simplicity", "datasize", "frontier", "batchnorm", "fitspeed", "tuning", "longer")
 
 
 @dataclass(frozen=True)
