@@ -41,15 +41,20 @@ def _mse_one_hot(out, y):
 def _make_optimizer(cfg, model):
     sgd = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                weight_decay=cfg.weight_decay)
+    adam = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)   # torch's defaults: betas, eps
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), **sgd)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), **adam)
     if cfg.optimizer == "looksam":
         return LookSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, k=cfg.sam_interval,
                        alpha=cfg.looksam_alpha, **sgd)
     if cfg.optimizer == "msam":
         return MomentumSAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, **sgd)
-    return SAM(model.parameters(), torch.optim.SGD, rho=cfg.rho, eta=cfg.eta,
-               adaptive=cfg.optimizer == "asam", interval=cfg.sam_interval, **sgd)
+    base, kwargs = ((torch.optim.Adam, adam) if cfg.base_optimizer == "adam"
+                    else (torch.optim.SGD, sgd))
+    return SAM(model.parameters(), base, rho=cfg.rho, eta=cfg.eta,
+               adaptive=cfg.optimizer == "asam", interval=cfg.sam_interval, **kwargs)
 
 
 def _make_scheduler(cfg, opt):

@@ -16,7 +16,9 @@ from .models import MODELS
 # sgd; sam and asam (SAM / adaptive SAM, the ascent every `sam_interval` steps); looksam
 # (LookSAM: SAM every `sam_interval` steps, the reused component in between); msam
 # (Momentum-SAM: ε from the momentum buffer, one pass per step). See samkit.sam.
-OPTIMIZERS = ("sgd", "sam", "asam", "looksam", "msam")
+OPTIMIZERS = ("sgd", "adam", "sam", "asam", "looksam", "msam")
+# What sam and asam wrap: SGD (with momentum) or Adam (torch.optim.Adam, weight decay as L2).
+BASE_OPTIMIZERS = ("sgd", "adam")
 # frozen: samkit.bn_frozen (the fix); updated: no fix, the perturbed pass's batch statistics
 # enter the running averages; momentum0: BatchNorm momentum 0 for the pass (davda54/sam's fix).
 BN_PERTURBED = ("frozen", "updated", "momentum0")
@@ -53,6 +55,7 @@ class TrainConfig:
     sam_interval: int = 1        # sam/asam/looksam: the ascent (2nd pass) on 1 step in k
     looksam_alpha: float = 0.7   # looksam: weight of the reused component between SAM steps
     bn_perturbed: str = "frozen"  # BatchNorm running stats in SAM's 2nd pass (samkit.bn)
+    base_optimizer: str = "sgd"  # sam/asam: the optimizer SAM wraps (adam: SAM(Adam))
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -95,6 +98,8 @@ class TrainConfig:
             d["sam_interval"] = KEY_OMITTED_AT_DEFAULT["sam_interval"]
         if self.optimizer != "looksam":
             d["looksam_alpha"] = KEY_OMITTED_AT_DEFAULT["looksam_alpha"]
+        if self.optimizer == "adam" or self.base_optimizer == "adam":
+            d["momentum"] = _DEFAULT_MOMENTUM   # Adam's betas are its own: momentum is unused
         if self.optimizer not in ("sam", "asam", "looksam"):  # no perturbed pass
             d["bn_perturbed"] = KEY_OMITTED_AT_DEFAULT["bn_perturbed"]
         for k, default in KEY_OMITTED_AT_DEFAULT.items():
@@ -114,13 +119,14 @@ class TrainConfig:
 # committed cache entries). Their defaults are therefore fixed for good: a changed default would
 # give an old key to a run with other numbers. Add every field added from now on here.
 KEY_OMITTED_AT_DEFAULT = {"sam_interval": 1, "looksam_alpha": 0.7, "bn_perturbed": "frozen",
-                          "bn_drift": False}
+                          "bn_drift": False, "base_optimizer": "sgd"}
 _DEFAULT_ETA = 0.01  # TrainConfig.eta's default
+_DEFAULT_MOMENTUM = 0.9  # TrainConfig.momentum's default
 
 
 _CHOICES = {"dataset": data_mod.DATASETS, "model": MODELS, "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES, "loss": LOSSES, "prune": PRUNE, "compile": COMPILE,
-            "bn_perturbed": BN_PERTURBED}
+            "bn_perturbed": BN_PERTURBED, "base_optimizer": BASE_OPTIMIZERS}
 _POSITIVE = ("width", "depth", "lr", "batch_size", "epochs", "eval_every")
 _NON_NEGATIVE = ("n_train", "n_val", "n_test", "rho", "eta", "weight_decay", "seed",
                  "hessian_samples", "prune_to_width")
@@ -176,6 +182,17 @@ def validate_config(cfg) -> None:
         raise ValueError(f"{name}: got {getattr(cfg, name)!r} with model {cfg.model!r} (no "
                          "BatchNorm); allowed: " + ("frozen" if name == "bn_perturbed"
                                                     else "false") + ", or model preact_resnet18")
+    if cfg.base_optimizer != "sgd" and cfg.optimizer not in ("sam", "asam"):
+        raise ValueError(f"base_optimizer: got {cfg.base_optimizer!r} with optimizer "
+                         f"{cfg.optimizer!r}; allowed: sgd, or optimizer sam or asam (plain "
+                         "Adam is optimizer adam)")
+    if cfg.compile == "graph" and "adam" in (cfg.optimizer, cfg.base_optimizer):
+        raise ValueError("compile: got 'graph' with Adam; allowed: eager (a CUDA-graph capture "
+                         "of torch.optim.Adam needs capturable=True, which the graph step does "
+                         "not set)")
+    if cfg.nesterov and (cfg.optimizer == "adam" or cfg.base_optimizer == "adam"):
+        raise ValueError("nesterov: got True with Adam; allowed: false (Adam has no Nesterov "
+                         "option here)")
     if cfg.prune == "none" and (cfg.sparsity or cfg.prune_to_width):
         raise ValueError(f"prune: got 'none' with sparsity={cfg.sparsity}, prune_to_width="
                          f"{cfg.prune_to_width}; allowed: random, snip (or drop the sparsity)")
@@ -241,6 +258,7 @@ HELP = {
     "sam_interval": "sam/asam/looksam: the SAM ascent (2nd pass) on 1 step in k",
     "looksam_alpha": "looksam: weight of the reused component between SAM steps",
     "eta": "ASAM's T = |w| + eta",
+    "base_optimizer": "sam/asam: the optimizer SAM wraps, sgd | adam",
     "bn_perturbed": "BatchNorm running stats in SAM's 2nd pass: frozen (the fix) | updated "
                     "(no fix) | momentum0",
     "bn_drift": "measure the BatchNorm running stats' distance from those of the final weights",

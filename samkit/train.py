@@ -61,13 +61,13 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
 
 def derived_grad_evals(config, epochs: int) -> int:
     """Forward+backward passes of ``epochs`` epochs of a run, from its config alone (what the
-    trainer counts; also for results stored before it did). sgd and msam: one per step; sam
+    trainer counts; also for results stored before it did). sgd, adam and msam: one per step; sam
     and asam: two on the steps k, 2k, ... (``sam_interval`` k; missing in a stored config
     older than the field: 1), one on the others; looksam: two on the steps 0, k, 2k, ..."""
     c = config if isinstance(config, dict) else dataclasses.asdict(config)
     steps = epochs * steps_per_epoch(train_examples(c), c["batch_size"])
     k = c.get("sam_interval", 1)
-    extra = {"sgd": 0, "msam": 0, "sam": steps // k, "asam": steps // k,
+    extra = {"sgd": 0, "adam": 0, "msam": 0, "sam": steps // k, "asam": steps // k,
              "looksam": -(-steps // k)}[c["optimizer"]]
     return steps + extra
 

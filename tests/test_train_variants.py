@@ -238,3 +238,49 @@ def test_a_checkpoint_older_than_the_count_resumes_with_the_derived_count(tmp_pa
     resumed = train.run(cfg, checkpoint=ckpt)
     assert resumed["grad_evals"] == reference["grad_evals"] == 2 * 4 * 4
     assert resumed["history"] == reference["history"]
+
+
+def test_adam_and_sam_on_adam_match_a_hand_written_float64_step():
+    """optimizer adam is torch.optim.Adam; sam with base_optimizer adam steps Adam at the
+    gradient of w + rho g/||g|| (re-derived here by hand in float64), from w."""
+    import torch.nn.functional as F
+    from samkit.build import _make_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    w0 = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(model="mlp", optimizer="sam", base_optimizer="adam", rho=0.1, lr=0.01,
+                      weight_decay=0.0, momentum=0.9)
+    opt = _make_optimizer(cfg, model)
+    assert isinstance(opt.base_optimizer, torch.optim.Adam)
+    F.cross_entropy(model(x), y).backward()
+    opt.first_step(zero_grad=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.second_step(zero_grad=True)
+    # By hand: g at w, e = rho g/||g||, g' at w + e, one Adam step from w (t = 1: the update
+    # is lr * g' / (|g'| + eps) after bias correction).
+    w = [p.clone().requires_grad_(True) for p in w0]
+    g = torch.autograd.grad(F.cross_entropy(x @ w[0].T + w[1], y), w)
+    norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+    wp = [(wi + 0.1 * gi / norm).detach().requires_grad_(True) for wi, gi in zip(w, g)]
+    g2 = torch.autograd.grad(F.cross_entropy(x @ wp[0].T + wp[1], y), wp)
+    expected = [wi.detach() - 0.01 * gi / (gi.abs() + 1e-8) for wi, gi in zip(w, g2)]
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+    plain = _make_optimizer(TrainConfig(model="mlp", optimizer="adam"), model)
+    assert type(plain) is torch.optim.Adam
+
+
+def test_adam_options_are_validated_and_keep_old_keys():
+    with pytest.raises(ValueError, match=r"^base_optimizer: got 'adam' with optimizer 'sgd'"):
+        TrainConfig(model="mlp", optimizer="sgd", base_optimizer="adam")
+    with pytest.raises(ValueError, match=r"^nesterov: got True with Adam"):
+        TrainConfig(model="mlp", optimizer="adam", nesterov=True)
+    sam = TrainConfig(model="mlp", optimizer="sam")
+    assert "base_optimizer" not in sam.key_dict()
+    on_adam = TrainConfig(model="mlp", optimizer="sam", base_optimizer="adam")
+    assert on_adam.key_dict()["base_optimizer"] == "adam"
+    # Adam ignores momentum: one cache entry whatever it says
+    assert (TrainConfig(model="mlp", optimizer="adam", momentum=0.5).key_dict()
+            == TrainConfig(model="mlp", optimizer="adam").key_dict())

@@ -20,7 +20,7 @@ import pandas as pd
 from .. import fit, fmt, stats
 
 MODULES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
-           "hessian", "simplicity", "datasize", "frontier", "batchnorm", "fitspeed", "tuning", "longer")
+           "hessian", "simplicity", "datasize", "frontier", "batchnorm", "fitspeed", "tuning", "longer", "asam_adam")
 
 
 @dataclass(frozen=True)
@@ -317,3 +317,29 @@ def smaller_ratio_claim(claim_id: str, text: str, source: str, effect: stats.Eff
     """The claim that SAM's value is smaller than SGD's by at least ×1.1."""
     return Claim(claim_id, text, source, effect, RATIO_DELTA, delta_reason, direction=-1,
                  unit="ratio")
+
+
+# ----------------------------------------------------------------------------- tuning
+# Equal-budget tuning (AlgoPerf's rule): each arm's trials (its ``tag``'s runs that differ in
+# hyperparameters) compete on validation accuracy; the chosen trial is reported on test.
+
+SELECT_ON = "best_val_acc"    # the choice: validation accuracy at the early-stopped epoch
+REPORT_CHOSEN = "best_test_acc"
+HYPER = ("lr", "weight_decay", "rho")
+
+
+def select_trials(runs: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
+    """Per (``cell``, seed, tag): the trial with the highest validation accuracy (ties: the
+    first in lr, weight decay, ρ order), with its hyperparameters, its test accuracy and the
+    number of trials it was chosen from. An arm whose trials all diverged or failed to fit has
+    no row for that seed. Only ``SELECT_ON`` orders the trials: test accuracy never does."""
+    ok = runs[runs["status"] == "ok"].dropna(subset=[SELECT_ON])
+    group = [*cell, "seed", "tag"]
+    ordered = ok.sort_values([*group, SELECT_ON, *HYPER],
+                             ascending=[True] * len(group) + [False] + [True] * len(HYPER),
+                             kind="mergesort")
+    chosen = ordered.groupby(group, sort=True).head(1)
+    trials = runs.groupby(group).size().rename("trials").reset_index()
+    chosen = chosen.merge(trials, on=group)
+    return chosen[[*group, *HYPER, SELECT_ON, REPORT_CHOSEN, "trials"]].reset_index(
+        drop=True).assign(status="ok")

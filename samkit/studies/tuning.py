@@ -17,39 +17,27 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import stats
-from . import PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, status_line
+from . import (PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, select_trials,
+               status_line)
 
 NAME = "tuning"
 TITLE = "Tuning parity: SAM against a tuned SGD"
 QUESTION = ("Does SAM beat SGD when both get the same tuning budget, and the same gradient "
             "evaluations?")
 SOURCE = "Foret et al. 2021 (SAM improves on tuned baselines); AlgoPerf's equal-budget rule"
-SELECT_ON = "best_val_acc"    # the choice: validation accuracy at the early-stopped epoch
-REPORT = "best_test_acc"      # what is reported for the chosen trial
-HYPER = ("lr", "weight_decay", "rho")
 # The fixed recipe of the other studies (params.yaml's research base).
 FIXED = {"SGD": {"lr": 0.1, "weight_decay": 0.0001}, "SAM": {"lr": 0.1, "rho": 0.05},
          "SGD 2×": {"lr": 0.1, "weight_decay": 0.0001}}
 ARMS = ("SGD", "SAM", "SGD 2×")
 CELL = ["width", "label_noise"]
+REPORT = "best_test_acc"
 DELTA = 0.003
 DELTA_REASON = "0.3 pp, the book's δ for an accuracy difference"
 
 
 def select(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (width, label noise, seed, arm): the trial with the highest validation accuracy
-    (ties: the first in lr, weight decay, ρ order), with its hyperparameters and test accuracy.
-    A seed's arm whose trials all diverged or failed to fit has no row. Only ``SELECT_ON``
-    orders the trials."""
-    ok = runs[runs["status"] == "ok"].dropna(subset=[SELECT_ON])
-    ordered = ok.sort_values([*CELL, "seed", "tag", SELECT_ON, *HYPER],
-                             ascending=[True] * (len(CELL) + 2) + [False] + [True] * len(HYPER),
-                             kind="mergesort")
-    chosen = ordered.groupby([*CELL, "seed", "tag"], sort=True).head(1)
-    trials = runs.groupby([*CELL, "seed", "tag"]).size().rename("trials")
-    chosen = chosen.merge(trials.reset_index(), on=[*CELL, "seed", "tag"])
-    return chosen[[*CELL, "seed", "tag", *HYPER, SELECT_ON, REPORT, "trials"]].reset_index(
-        drop=True).assign(status="ok")
+    """Per (width, label noise, seed, arm): the trial chosen on validation."""
+    return select_trials(runs, CELL)
 
 
 def fixed(runs: pd.DataFrame) -> pd.DataFrame:
@@ -64,7 +52,7 @@ def fixed(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def analyze(runs: pd.DataFrame) -> Analysis:
-    runs = ensure_columns(runs, [SELECT_ON, REPORT])
+    runs = ensure_columns(runs, ["best_val_acc", REPORT])
     chosen = select(runs)
     tuned = _gains(chosen, "tuned")
     untuned = _gains(fixed(runs), "fixed recipe")
