@@ -20,7 +20,8 @@ import pandas as pd
 from .. import fit, fmt, stats
 
 MODULES = ("headline", "width", "rho", "noise", "sparsity", "compute", "regularization",
-           "hessian", "simplicity", "datasize", "frontier", "batchnorm", "fitspeed", "tuning", "longer", "asam_adam")
+           "hessian", "simplicity", "datasize", "frontier", "batchnorm", "fitspeed", "tuning",
+           "longer", "asam_adam")
 
 
 @dataclass(frozen=True)
