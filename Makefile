@@ -1,7 +1,9 @@
 # `make repro`:   set up everything and run the pipeline (dvc repro) on the default profile; it
 #                 ends with one line: runs replayed from the run cache, runs trained.
 # `make retrain`: every run trained again into a fresh run cache (hours), then the pipeline.
-# `make test`:    set up everything and run the test suite.
+# `make test`:    set up everything and run the test suite (as root, setup also installs
+#                 Debian's slurmctld, slurmd and munge: tests/test_slurm.py starts a one-node
+#                 SLURM cluster on loopback).
 # `make book`:    build the book's HTML (book/_build/html), warnings as errors: what CI publishes
 #                 and what the tests build (on a copy: `make -o setup book BOOK_DIR=<copy>`,
 #                 VENV=<their environment>).
@@ -24,7 +26,13 @@ $(STAMP): requirements.lock pyproject.toml
 	  need=""; \
 	  [ -d /usr/share/datasets/fashion-mnist ] || need="$$need dataset-fashion-mnist"; \
 	  command -v chromium >/dev/null || need="$$need chromium"; \
-	  if [ -n "$$need" ]; then apt-get update -q && apt-get install -y -q $$need; fi; \
+	  slurm=""; \
+	  for f in /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch /usr/sbin/munged; do \
+	    [ -x $$f ] || slurm="slurmctld slurmd slurm-client munge"; \
+	  done; \
+	  if [ -n "$$need$$slurm" ]; then apt-get update -q && \
+	    { [ -z "$$need" ] || apt-get install -y -q $$need; } && \
+	    { [ -z "$$slurm" ] || apt-get install -y -q --no-install-recommends $$slurm; }; fi; \
 	fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock

@@ -1,28 +1,44 @@
 """Command line: ``python -m samkit {train,validate,sweep,stage,cache} ...`` (``--help`` on
-each)."""
+each). `train` runs anywhere (``pip install samkit``); the others work on a checkout of the
+samkit repository (its params.yaml, dvc.yaml, notebooks/ and run cache) and need the study
+extra (``pip install 'samkit[study]'``; ``stage`` needs ``'samkit[book]'``)."""
 from __future__ import annotations
 
+# Only the standard library at import time: ``samkit --help`` must answer in well under a
+# second, and torch alone takes seconds to import. Each command imports what it needs.
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
 import sys
 import time
 
-from .signals import interrupts_forwarded
-from .stage import PAGES, params_errors
-from .config import HELP, TrainConfig
+# Commands that work on a repository checkout (what each reads there: _outside_repo).
+REPO_COMMANDS = ("validate", "sweep", "stage", "cache")
+# Third-party modules of the extras (pyproject.toml): a command that finds one missing says
+# which extra to install, in one line.
+BOOK_MODULES = {"papermill", "nbformat", "nbclient", "seaborn", "matplotlib", "jupyter_book",
+                "ipykernel", "dvc"}
+STUDY_MODULES = {"pandas", "scipy", "yaml", "tqdm", "filelock", "statsmodels", "torchvision"}
+CLUSTER_MODULES = {"submitit"}
 
 
 def _help(name: str) -> str:
+    from .config import HELP
     # A field added to TrainConfig without a line here still gets its flag (and the CLI works).
     return HELP.get(name, f"TrainConfig.{name}")
 
 
-def _train_parser(sub):
+def _train_parser(sub, full: bool):
+    """The `train` subcommand; its flags (one per TrainConfig field: imports torch) only when
+    ``full``, i.e. when `train` is the command being run."""
     p = sub.add_parser("train", help="train one model and print its result as JSON",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if not full:
+        return
+    from .config import TrainConfig
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "early_stopping":  # None: on exactly when there is a validation split
@@ -41,6 +57,7 @@ def _train_parser(sub):
 
 
 def cmd_train(args, parser):
+    from .config import TrainConfig
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if values["early_stopping"] is None:
         values["early_stopping"] = values["n_val"] > 0
@@ -56,6 +73,8 @@ def cmd_train(args, parser):
         parser.error(str(e))
     if args.data_root:
         os.environ["SAMKIT_DATA"] = args.data_root
+    if importlib.util.find_spec("tqdm") is None:  # a torch + numpy install: no progress bar
+        args.quiet = True
     from .checkpoint import CheckpointError
     from .train import load_for, run
     try:  # a missing, corrupt or too small dataset: one line that says how to fix it
@@ -75,6 +94,7 @@ def cmd_train(args, parser):
 
 def cmd_validate(args, parser):
     from .params import MAX_CORE_HOURS, STUDIES, ParamsError, load
+    from .stage import params_errors
     from . import sweep
     try:
         params = load(args.params)
@@ -133,6 +153,8 @@ def cmd_sweep(args, parser):
     long part of `dvc repro`, run on its own, e.g. under nohup; rerun it to resume."""
     from .checkpoint import CheckpointError
     from .params import ParamsError, STUDIES, load
+    from .signals import interrupts_forwarded
+    from .stage import params_errors
     from . import sweep
     try:
         params = load(args.params)
@@ -168,8 +190,11 @@ def cmd_sweep(args, parser):
 
 
 def cmd_stage(args, parser):
-    from .params import ParamsError, load
-    from .stage import run
+    from .params import ParamsError, STUDIES, load
+    from .stage import PAGES, run
+    if args.study not in (*STUDIES, *PAGES):  # as argparse's choices would say it
+        parser.error(f"argument study: invalid choice: {args.study!r} (choose from "
+                     f"{', '.join(map(repr, (*STUDIES, *PAGES)))})")
     try:
         params = load(args.params)
     except ParamsError:
@@ -177,6 +202,10 @@ def cmd_stage(args, parser):
     if params and args.study in params and _over_budget(
             args.study, _configs(params, params["profile"], [args.study]), "results/runs",
             params, args.params, args.yes):
+        return 2
+    why = _outside_repo(args, stage_files=True)
+    if why:  # before the stage touches anything here
+        print(f"error: {why}", file=sys.stderr)
         return 2
     status = run(args.study, args.params, args.verbose)
     if status > 128:
@@ -213,10 +242,53 @@ def cmd_cache(args, parser):
     return 1 if problems else 0
 
 
+def _outside_repo(args, stage_files: bool = False) -> str | None:
+    """None, or why ``args.command`` (a repository command) cannot run here: what it reads
+    from the working directory of a samkit checkout is missing, and its default was not
+    overridden. `stage` also needs dvc.yaml and notebooks/: checked here when its params
+    file is the default, else (``stage_files``) by cmd_stage once that file's budget check
+    has spoken."""
+    missing, override = [], ""
+    if args.command in ("validate", "sweep", "stage") and args.params == "params.yaml" \
+            and not os.path.isfile("params.yaml"):
+        missing.append("params.yaml")
+        override = {"validate": "pass a params file", "sweep": "pass --params FILE"}.get(
+            args.command, "")
+    if args.command == "stage" and (missing or stage_files):
+        missing += [f for f in ("dvc.yaml", "notebooks/") if not os.path.exists(f)]
+    if args.command == "cache" and args.cache == "results/runs" \
+            and not os.path.isdir(args.cache) \
+            and not (os.path.isfile("params.yaml") and os.path.isfile("dvc.yaml")):
+        missing.append("results/runs/")
+        override = "pass --cache DIR"
+    if not missing:
+        return None
+    return (f"samkit {args.command}: not in a samkit repository checkout (no "
+            f"{', '.join(missing)} in {os.getcwd()}); run it at the root of a clone of the "
+            "samkit repository" + (f", or {override}" if override else "")
+            + " (`samkit train` runs anywhere)")
+
+
+def _missing_extra(command: str, e: ModuleNotFoundError) -> str | None:
+    """The install line for a module of an extra that ``command`` lacks, else None."""
+    top = (e.name or "").split(".")[0]
+    for extra, modules in (("book", BOOK_MODULES), ("study", STUDY_MODULES),
+                           ("cluster", CLUSTER_MODULES)):
+        if top in modules:
+            # `stage` runs a notebook: the book extra (which includes the study extra)
+            return f"pip install 'samkit[{'book' if command == 'stage' else extra}]'"
+    return None
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="samkit", description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The command being run (the first word that is not an option: the top level has only
+    # -h): only its parser is built in full, so `samkit --help` imports no torch.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = argparse.ArgumentParser(prog="samkit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    _train_parser(sub, full=command == "train")
     v = sub.add_parser("validate", help="check params.yaml (one line per problem, exit 2); "
                        "estimate the cost of the runs the run cache lacks")
     v.add_argument("params", nargs="?", default="params.yaml")
@@ -233,8 +305,15 @@ def main(argv=None):
     yes = "start even if the runs to train are estimated above params.yaml's max_core_hours"
     w.add_argument("--yes", action="store_true", help=yes)
     s = sub.add_parser("stage", help="run one study notebook (a DVC stage)")
-    from .params import STUDIES
-    s.add_argument("study", choices=(*STUDIES, *PAGES))
+    choices = None
+    if command == "stage" and {"-h", "--help"} & set(argv):  # else cmd_stage checks the name
+        try:
+            from .params import STUDIES
+            from .stage import PAGES
+            choices = (*STUDIES, *PAGES)
+        except ModuleNotFoundError:  # no study extra: the command itself says so
+            pass
+    s.add_argument("study", choices=choices)
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--verbose", action="store_true", help="stream the notebook's output")
     s.add_argument("--yes", action="store_true", help=yes)
@@ -244,10 +323,23 @@ def main(argv=None):
                         "sweep is writing); verify: check every result")
     c.add_argument("--cache", default="results/runs")
     args = parser.parse_args(argv)
+    if args.command in REPO_COMMANDS:
+        why = _outside_repo(args)
+        if why:
+            print(f"error: {why}", file=sys.stderr)
+            return 2
     sub_parser = sub.choices[args.command]
     handler = {"train": cmd_train, "validate": cmd_validate, "sweep": cmd_sweep,
                "stage": cmd_stage, "cache": cmd_cache}[args.command]
-    return handler(args, sub_parser) or 0
+    try:
+        return handler(args, sub_parser) or 0
+    except ModuleNotFoundError as e:
+        fix = _missing_extra(args.command, e)
+        if fix is None:
+            raise
+        print(f"error: samkit {args.command}: needs {e.name}, which is not installed; "
+              f"allowed: {fix}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

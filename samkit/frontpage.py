@@ -1,5 +1,6 @@
-"""The book's front page: every study's tested claims in one table, the answer in three
-sentences and the advice list, all computed from the studies' saved metrics.json."""
+"""The book's front page, computed from the studies' saved results (metrics.json and the
+noise study's gain table): the answer at a glance (SAM − SGD by regime, one figure, and the
+sentences that read it), every tested claim grouped by study, and the advice list."""
 from __future__ import annotations
 
 import json
@@ -76,8 +77,8 @@ def claims(profile: str, root: str = "results", studies=MODULES) -> pd.DataFrame
         for cid, c in meta["metrics"]["claims"].items():
             rows.append({"study": name, "id": cid, **c})
     cols = ["study", "id", "text", "source", "unit", "estimate", "ci_low", "ci_high", "n",
-            "delta", "delta_shown", "verdict", "explained", "shown", "seeds_needed", "p_value",
-            "source_shown", "robustness"]
+            "delta", "delta_shown", "direction", "verdict", "explained", "shown",
+            "seeds_needed", "p_value", "source_effect", "source_shown", "robustness"]
     table = pd.DataFrame(rows, columns=cols)
     table["fragile"] = [bool(r and r.get("fragile")) for r in table["robustness"]]
     table["robust_shown"] = [r.get("shown", "not checked") if r else "not checked"
@@ -129,8 +130,18 @@ def answer(profile: str, root: str = "results") -> dict:
         "unresolved": _list(table, "cannot tell"),
         "cost": _cost(done.get("compute")),
         "advice": advice(table) + equal_compute(done.get("frontier")),
+        "scope": _scope(done.get(EQUAL_COMPUTE[0])),
     }
     return out
+
+
+def _scope(study: dict | None) -> str:
+    """The model and data behind the figure, in words (from its study's facts)."""
+    if study is None:
+        return "no runs yet"
+    f = study["metrics"]["facts"]
+    model = f.get("models", "n/a").split(", width")[0]
+    return f"{model}, {f.get('train_images', 'n/a')} Fashion-MNIST training images"
 
 
 def _list(table: pd.DataFrame, verdict: str) -> str:
@@ -200,96 +211,224 @@ def equal_compute(frontier: dict | None) -> list[str]:
             "pick is: the frontier page)."]
 
 
-# The pp panel's x range: an effect or CI end beyond it (a method that failed to train, tens
-# of pp) is drawn clipped, an arrow at the edge and its value written, so that the effects of
-# 0.2-2 pp the claims are about stay readable.
-FOREST_PP_LIMIT = 6.0
-LABEL_CHARS = 55  # a claim's text is shortened to this in the forest's y labels
+# ----------------------------------------------------------------------------- at a glance
+# The front page's figure: SAM − SGD test accuracy in each regime, label noise (clean or noisy)
+# × width (narrow or wide) × budget. "Equal compute": SAM against SGD trained for twice the
+# epochs (as many gradient evaluations), the frontier study's claim in each of its cells.
+# "Equal epochs": SAM against SGD with the same epochs in the same cells (the same MLP, data and
+# schedule), from the noise study's gain table; its claim where the noise study tests that
+# cell (verdict and robustness from there), else the verdict rule on the table's CI, with no
+# robustness check.
+EQUAL_COMPUTE = ("frontier", "sam_vs_sgd2x")          # (study, claim id after "<cell>.")
+EQUAL_EPOCHS = ("noise", "gain")                      # (study, table)
+EQUAL_EPOCHS_CLAIM = "widest_at_max_noise"            # the noise study's claim: widest, max noise
+# The verdicts in the figure's margin, in a practitioner's words.
+VERDICT_WORDS = {"supports": "SAM wins", "below δ": "gain < δ", "contradicts": "no gain ≥ δ",
+                 "cannot tell": "can't tell"}
+BUDGETS = {"equal epochs": ("SGD with the same epochs", "#3a6ea5", "o"),
+           "equal compute": ("SGD with twice the epochs (equal compute)", "#d0622c", "s")}
+POINT_COLUMNS = ["noise", "width", "budget", "regime", "estimate", "low", "high", "n", "delta",
+                 "verdict", "robust", "study"]
 
 
-def forest(table: pd.DataFrame):
-    """Every claim's effect with its 95% CI, coloured by verdict, one panel per unit."""
-    import textwrap
+def glance_points(profile: str, root: str = "results") -> pd.DataFrame:
+    """One row per regime point of the front page's figure (POINT_COLUMNS): label noise rate,
+    width, budget, the regime in words, SAM − SGD (fractions) with its 95% CI, seed pairs, δ,
+    the verdict, robust (True, False, or None: not checked) and the study it comes from. Empty
+    without the frontier study's results; equal-epochs points need the noise study's."""
+    front = load(EQUAL_COMPUTE[0], profile, root)
+    if front is None:
+        return pd.DataFrame(columns=POINT_COLUMNS)
+    facts, claims_ = front["metrics"]["facts"], front["metrics"]["claims"]
+    gain, noise_claims = _equal_epochs(profile, root)
+    rows = []
+    for cell in filter(None, facts.get("cells", "").split(", ")):
+        width, rate = int(facts[cell]["width"]), float(facts[cell]["noise"].rstrip("%")) / 100
+        c = claims_.get(f"{cell}.{EQUAL_COMPUTE[1]}")
+        if c is not None:
+            rows.append(_point(rate, width, "equal compute", c["estimate"], c["ci_low"],
+                               c["ci_high"], c["n"], c["delta"], c["verdict"],
+                               c.get("robustness"), EQUAL_COMPUTE[0]))
+        if gain is None:
+            continue
+        row = gain[np.isclose(gain["label_noise"], rate) & (gain["width"] == width)]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        c = noise_claims.get(EQUAL_EPOCHS_CLAIM)
+        if (c is not None and np.isclose(rate, gain["label_noise"].max())
+                and width == gain["width"].max()):
+            rows.append(_point(rate, width, "equal epochs", c["estimate"], c["ci_low"],
+                               c["ci_high"], c["n"], c["delta"], c["verdict"],
+                               c.get("robustness"), EQUAL_EPOCHS[0]))
+        else:
+            delta = (c or {}).get("delta", 0.003)
+            effect = stats.Effect(float(r["estimate"]), float(r["low"]), float(r["high"]),
+                                  int(r["n"]), float(r["sd"]))
+            rows.append(_point(rate, width, "equal epochs", effect.estimate, effect.low,
+                               effect.high, effect.n, delta, stats.verdict(effect, delta),
+                               None, EQUAL_EPOCHS[0]))
+    points = pd.DataFrame(rows, columns=POINT_COLUMNS)
+    if len(points):
+        narrow = points["width"].min()
+        points["regime"] = [f"{_labels(p)}, {'narrow' if w == narrow else 'wide'} (width {w})"
+                            for p, w in zip(points["noise"], points["width"])]
+    return points
 
+
+def _equal_epochs(profile: str, root: str):
+    """The noise study's gain table and claims (None, {} without its results)."""
+    meta = load(EQUAL_EPOCHS[0], profile, root)
+    path = os.path.join(root, profile, EQUAL_EPOCHS[0], f"{EQUAL_EPOCHS[1]}.csv")
+    if meta is None or not os.path.exists(path):
+        return None, {}
+    return pd.read_csv(path), meta["metrics"]["claims"]
+
+
+def _point(rate, width, budget, est, low, high, n, delta, verdict, robustness, study) -> dict:
+    robust = None if not robustness else not robustness.get("fragile", False)
+    return {"noise": rate, "width": int(width), "budget": budget, "regime": "",
+            "estimate": est, "low": low, "high": high, "n": int(n), "delta": delta,
+            "verdict": verdict, "robust": robust, "study": study}
+
+
+def _labels(rate: float) -> str:
+    from .fmt import rate as shown
+    return "clean labels" if rate == 0 else f"{shown(rate)} noisy labels"
+
+
+def glance(points: pd.DataFrame):
+    """The answer at a glance: SAM − SGD (pp, 95% CI) per regime, one row per label noise and
+    width, one marker per budget; filled markers are robust verdicts; the ±δ band shaded; each
+    point's verdict written in the right margin. None without points."""
+    if points.empty:
+        return None
     import matplotlib.pyplot as plt
-    colors = {"supports": "#2a9d8f", "below δ": "#e9c46a", "contradicts": "#e76f51",
-              "cannot tell": "#8d99ae"}
-    units = [u for u in ("pp", "pp/doubling", "ratio") if u in set(table["unit"])]
-    sizes = [max(1, (table["unit"] == u).sum()) for u in units]
-    height = 0.22 * sum(sizes) + 0.9 * len(units) + 0.6
-    fig, axes = plt.subplots(len(units), 1, figsize=(11, height), squeeze=False,
-                             gridspec_kw={"height_ratios": sizes})
-    # A fixed label column (no tight_layout: it gives up on long labels, with a warning).
-    fig.subplots_adjust(left=0.5, right=0.97, top=1 - 0.45 / height, bottom=0.55 / height,
-                        hspace=0.9 / max(1, np.mean(sizes)) * 2)
-    for ax, unit in zip(axes[:, 0], units):
-        t = table[table["unit"] == unit].reset_index(drop=True)
-        scale = (lambda v: np.exp(v)) if unit == "ratio" else (lambda v: 100 * np.asarray(v))
-        est, lo, hi = scale(t["estimate"]), scale(t["ci_low"]), scale(t["ci_high"])
-        ys = np.arange(len(t))[::-1]
-        limit = FOREST_PP_LIMIT if unit == "pp" else np.inf
-        for y, e, l, h, v in zip(ys, est, lo, hi, t["verdict"]):
-            _forest_point(ax, y, e, l, h, colors[v], limit)
-        low, high = np.nanmin(np.r_[lo, est]), np.nanmax(np.r_[hi, est])
-        if low < -limit or high > limit:  # never for the unclipped units (limit inf)
-            ax.set_xlim(-limit * 1.08 if low < -limit else None,
-                        limit * 1.08 if high > limit else None)
-        ax.axvline(1 if unit == "ratio" else 0, color="0.3", lw=0.8, ls="--")
-        # The claim id names the cell (e.g. frontier's wide_noisy.*), which the shortened
-        # text may cut off.
-        labels = [f"{s} {i}: {textwrap.shorten(x, LABEL_CHARS, placeholder=' …')}"
-                  for s, i, x in zip(t["study"], t["id"], t["text"])]
-        ax.set_yticks(ys, labels, fontsize=7)
-        ax.set_ylim(-0.7, len(t) - 0.3)
-        if unit == "ratio":
-            from matplotlib.ticker import FixedLocator, NullLocator
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.5, 1, 2, 5]))
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}×")
-        ax.set_xlabel({"pp": "effect (percentage points of test accuracy)",
-                       "pp/doubling": "change of SAM's gain per doubling (pp)",
-                       "ratio": "SAM / SGD (ratio)"}[unit], fontsize=8)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in
-               colors.items()]
-    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right", frameon=True)
-    axes[0, 0].set_title("Every tested claim: effect and 95% CI, coloured by verdict",
-                         fontsize=10)
+    from matplotlib.lines import Line2D
+    cells = sorted({(p, w) for p, w in zip(points["noise"], points["width"])})
+    fig, ax = plt.subplots(figsize=(5.6, 1.1 * len(cells) + 2.4))
+    delta = 100 * float(points["delta"].max())
+    ax.axvspan(-delta, delta, color="0.9", zorder=0, lw=0)
+    ax.axvline(0, color="0.35", lw=0.9, ls="--", zorder=1)
+    offsets = {"equal epochs": 0.17, "equal compute": -0.17}
+    labels = []
+    for i, (p, w) in enumerate(cells):
+        y = len(cells) - 1 - i
+        sub = points[(points["noise"] == p) & (points["width"] == w)]
+        labels.append((y, sub["regime"].iloc[0].replace(", ", "\n", 1)))
+        for _, r in sub.iterrows():
+            _, color, marker = BUDGETS[r["budget"]]
+            yy = y + offsets[r["budget"]]
+            est, lo, hi = (100 * float(r[k]) for k in ("estimate", "low", "high"))
+            err = [[max(est - lo, 0) if np.isfinite(lo) else 0],
+                   [max(hi - est, 0) if np.isfinite(hi) else 0]]
+            ax.errorbar([est], [yy], xerr=err, fmt=marker, color=color, ms=8, capsize=3,
+                        elinewidth=1.6, mew=1.6, zorder=3,
+                        mfc=color if r["robust"] is True else "white")
+            ax.annotate(VERDICT_WORDS[r["verdict"]], xy=(1.02, yy),
+                        xycoords=("axes fraction", "data"), va="center", ha="left",
+                        fontsize=11, color=color)
+    ax.set_yticks([y for y, _ in labels], [t for _, t in labels], fontsize=11)
+    ax.set_ylim(-0.6, len(cells) - 0.4)
+    ax.set_xlabel("SAM − SGD test accuracy (pp), 95% CI", fontsize=12)
+    ax.tick_params(axis="x", labelsize=11)
+    ax.set_title("SAM's gain over SGD by regime", fontsize=13, loc="left")
+    ax.annotate("verdict", xy=(1.02, 1.0), xycoords="axes fraction", fontsize=10,
+                color="0.35", va="bottom")
+    from matplotlib.patches import Patch
+    handles = [Line2D([], [], color=c, marker=m, ls="", ms=8, label=f"vs {name}")
+               for name, c, m in BUDGETS.values()]
+    handles += [Line2D([], [], color="0.2", marker="o", ls="", ms=8, label="robust verdict"),
+                Line2D([], [], color="0.2", marker="o", mfc="white", ls="", ms=8,
+                       label="fragile or not checked"),
+                Patch(color="0.9", label=f"±δ ({delta:.2f} pp): too small to matter")]
+    fig.legend(handles=handles, loc="lower left", ncol=1, fontsize=10.5, frameon=False,
+               bbox_to_anchor=(0.0, 0.0))
+    fig.tight_layout(rect=(0, 1.4 / fig.get_figheight(), 1, 1))
+    fig.alt_text = ("SAM minus SGD test accuracy in percentage points with 95% CIs, one row per "
+                    "label-noise rate and width, one marker for SGD with the same epochs and "
+                    "one for SGD with twice the epochs (equal compute); filled markers are "
+                    "robust verdicts; the verdict of each point is written at the right")
     return fig
 
 
-def _forest_point(ax, y, e, l, h, color, limit) -> None:
-    """One claim: the estimate and its CI, clipped to ±limit with an arrow and the value."""
-    l = l if math.isfinite(l) else e
-    h = h if math.isfinite(h) else e
-    ce, cl, ch = (float(np.clip(v, -limit, limit)) for v in (e, l, h))
-    ax.errorbar([ce], [y], xerr=[[max(ce - cl, 0)], [max(ch - ce, 0)]], fmt="o",
-                color=color, capsize=3, ms=4)
-    if abs(e) > limit or abs(l) > limit or abs(h) > limit:
-        side = -1 if min(e, l) < -limit else 1
-        ax.annotate(f"{e:+.1f} [{l:+.1f}, {h:+.1f}] pp", (side * limit, y),
-                    xytext=(4 * -side, 3), textcoords="offset points", fontsize=6,
-                    va="bottom", ha="left" if side < 0 else "right", color=color)
-        ax.plot([side * limit * 1.04], [y], marker="<" if side < 0 else ">", color=color,
-                ms=5)
+def glance_sentences(points: pd.DataFrame, answer_: dict) -> list[str]:
+    """The sentences under the figure: how to read it (pp, CI, δ, the markers: each explained
+    once), what it says per label regime, with what to do, and what SAM costs. All numbers and
+    words of judgement come from ``points`` and ``answer_`` (``answer``)."""
+    if points.empty:
+        return ["No study behind this figure has results yet."]
+    delta = f"{100 * float(points['delta'].max()):.2f} pp"
+    lines = [
+        "**How to read it.** Each marker is SAM's test accuracy minus SGD's in percentage "
+        "points (pp), averaged over seeds that each train both on the same data "
+        f"({answer_['scope']}), with its 95% confidence interval (CI, the bar); the grey band "
+        "is ±δ, where "
+        f"δ = {delta} is the smallest gain worth having, and a filled marker is a verdict that "
+        "holds when any one seed is dropped and when runs are retrained."]
+    for rate in sorted(points["noise"].unique(), reverse=True):
+        lines.append(_regime_sentence(_labels(rate), points[points["noise"] == rate]))
+    lines.append(f"**What it costs:** {answer_['cost']}; that is why the equal-compute comparison "
+                 "gives SGD twice the epochs.")
+    return lines
+
+
+def _regime_sentence(name: str, pts: pd.DataFrame) -> str:
+    """One label regime: where SAM wins, where it gains nothing worth having, where the runs
+    cannot tell, and what to do (the verdicts decide the words, the points give the numbers)."""
+    def where(d):
+        return "; ".join(f"width {w} at {b}" for w, b in zip(d["width"], d["budget"]))
+    won = pts[pts["verdict"] == "supports"]
+    null = pts[pts["verdict"].isin(["contradicts", "below δ"])]
+    open_ = pts[pts["verdict"] == "cannot tell"]
+    n, robust = len(pts), int((won["robust"] == True).sum())  # noqa: E712 (None: not checked)
+    groups = [(won, "beats SGD"), (null, "gains nothing worth having"),
+              (open_, "cannot be told apart from SGD")]
+    groups = [(d, what) for d, what in groups if len(d)]
+    parts = []
+    for i, (d, what) in enumerate(groups):
+        count = (f"all {n} settings" if len(d) == n else f"{len(d)} of {n} settings" if i == 0
+                 else ("the other one" if len(d) == 1 else f"the other {len(d)}")
+                 if i == len(groups) - 1 else f"{len(d)}")
+        detail = where(d) if len(d) <= 2 and d is not won else ""
+        if d is won:
+            lo, hi = 100 * d["estimate"].min(), 100 * d["estimate"].max()
+            detail = (f"by {lo:+.2f} pp" if len(d) == 1 else f"by {lo:+.2f} to {hi:+.2f} pp") \
+                + f"; {robust} of these verdicts robust"
+        parts.append(f"{what} in {count}" + (f" ({detail})" if detail else ""))
+    text = f"**With {name}**, SAM " + (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") \
+        + parts[-1]
+    compute = pts[pts["budget"] == "equal compute"]
+    if len(compute) and (compute["verdict"] == "supports").all():
+        return text + ": it still wins at equal compute, so prefer SAM when labels are this noisy."
+    top = 100 * np.nanmax(pts["high"].astype(float))
+    then = ("SGD given the same compute is the cheaper choice"
+            if len(compute) and not (compute["verdict"] == "supports").any()
+            else "test both on your own data")
+    return (text + f": no CI reaches above {top:+.2f} pp, so SAM's doubled cost buys at most "
+            f"that; {then}.")
+
+
+def claims_markdown(table: pd.DataFrame, toc: str = os.path.join("book", "_toc.yml")) -> str:
+    """Every claim as MyST: one table per study (fmt.claims_table), headed by a link to the
+    study's page where the book has one (else its title); decided verdicts that do not
+    survive the Benjamini-Hochberg adjustment marked."""
+    from . import fmt
+    from .studies import module
+    pages = open(toc).read() if os.path.exists(toc) else ""
+    parts = []
+    for study in dict.fromkeys(table["study"]):
+        rows = table[table["study"] == study].to_dict("records")
+        head = (f"{{doc}}`studies/{study}`" if f"studies/{study}" in pages
+                else module(study).TITLE)
+        parts.append(f"**{head}**\n\n" + fmt.claims_table(rows, source_effect=False,
+                                                           bh="survives_bh" in table))
+    return "\n".join(parts)
 
 
 def claims_table(table: pd.DataFrame):
-    """The claims as a readable table (no index, units in the cells): effect, δ, verdict,
-    robustness, the multiplicity-adjusted decision and the source's own effect."""
-    shown = table
-    columns = ["study", "text", "shown", "delta_shown", "explained", "robust_shown",
-               "adjusted", "source", "source_shown"]
-    if "survives_bh" in table:  # over all studies only: one study's page shows none
-        shown = table.assign(adjusted=np.where(
-            table["verdict"] == "cannot tell", "—",
-            np.where(table["survives_bh"], "survives", "does not survive")))
-    else:
-        columns.remove("adjusted")
-    if table["study"].nunique() == 1:
-        columns.remove("study")
-    shown = shown[columns].rename(columns={
-        "text": "claim", "shown": "effect [95% CI]", "delta_shown": "δ", "explained": "verdict",
-        "robust_shown": "robustness (leave one seed out; retrain)",
-        "adjusted": "Benjamini-Hochberg (FDR 5%)", "source_shown": "the source's own effect"})
-    return shown.style.hide(axis="index")
+    """The claims of ``table`` (``claims``) as the book shows them (fmt.claims_table), for a
+    notebook cell to display."""
+    from IPython.display import Markdown
+    from . import fmt
+    return Markdown(fmt.claims_table(table.to_dict("records")))

@@ -42,31 +42,39 @@ def _mark_diverged(ax, g, x, y):
 
 
 def vs_blog(table: pd.DataFrame, meta: dict):
-    """Grouped bars per arm of a ``findings.vs_blog`` table: our mean with 95% CI next to the
-    blog's number, for test accuracy and for the generalization gap."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    """Per arm of a ``findings.vs_blog`` table, our mean with its 95% CI (dots) next to the
+    blog's number (diamonds), for test accuracy and for the generalization gap; each axis
+    spans the values shown (accuracy is not drawn from 0). The legend sits below the panels."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.9))
     xs = np.arange(len(table))
     ours_c, blog_c = sns.color_palette(n_colors=2)
     for ax, col, label in ((axes[0], "test_acc", "test accuracy (%)"),
                            (axes[1], "gap", "generalization gap, train − test (pp)")):
         ours = 100 * table[col].to_numpy(dtype=float)
-        ax.bar(xs - 0.2, np.nan_to_num(ours), 0.4, color=ours_c, label="ours (mean, 95% CI)",
-               yerr=100 * table[f"{col}_ci"].fillna(0).to_numpy(dtype=float), capsize=4)
-        ax.bar(xs + 0.2, 100 * table[f"blog_{col}"], 0.4, color=blog_c, label="blog")
+        ci = 100 * table[f"{col}_ci"].fillna(0).to_numpy(dtype=float)
+        ax.errorbar(xs - 0.1, ours, yerr=ci, fmt="o", ms=7, capsize=4, color=ours_c,
+                    label="ours (mean, 95% CI)")
+        ax.plot(xs + 0.1, 100 * table[f"blog_{col}"].to_numpy(dtype=float), "D", ms=7,
+                color=blog_c, label="the blog's table")
         for i, r in table.reset_index(drop=True).iterrows():
             note = "" if np.isfinite(ours[i]) else "no finished run"
             if r.get("diverged", 0) and np.isfinite(r.get("diverged", 0)):
                 note = f"{int(r['diverged'])} diverged " + note
             if note:
-                ax.annotate(note, (i - 0.2, 0), textcoords="offset points", xytext=(0, 4),
-                            fontsize=7, color="crimson", ha="center", rotation=90)
+                ax.annotate(note, (i - 0.1, 0), xycoords=("data", "axes fraction"),
+                            textcoords="offset points", xytext=(0, 4), fontsize=7,
+                            color="crimson", ha="center")
         labels = [f"{a}\n(ours: {int(e)} ep)" if np.isfinite(e) else a
                   for a, e in zip(table["arm"], table["epochs"].astype(float))]
         ax.set_xticks(xs, labels, fontsize=8)
+        ax.set_xlim(-0.5, len(table) - 0.5)
+        ax.margins(y=0.15)
         ax.set_ylabel(label)
-    axes[0].set_ylim(0, 100)
-    axes[0].legend(fontsize=8, loc="lower right")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 0.06))
     stamp(fig, meta)
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.1)
     return fig
 
 
@@ -99,28 +107,39 @@ def functions_grid(curves: pd.DataFrame, points: tuple, meta: dict,
                     txt += f" ± {n['ci95'].iloc[0]:.2g}"
                 if n.get("diverged", pd.Series([0])).iloc[0]:
                     txt += f"\n{int(n['diverged'].iloc[0])} diverged"
-                ax.text(0.02, 0.97, txt, transform=ax.transAxes, fontsize=7, va="top")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
+                ax.set_title(f"{ax.get_title()}\n{txt}", fontsize=8)
+    fig.suptitle(f"one line per {line}; black dots: the training points", fontsize=9,
+                 x=0.01, ha="left")
     stamp(fig, meta)
     return fig
 
 
 def step_ratios(bench: pd.DataFrame, provenance: list[dict]):
-    """SAM/SGD and reference-SAM/SGD step-time ratios per configuration, floor 2.0 marked."""
+    """SAM/SGD and reference-SAM/SGD step-time ratios per configuration as dots on an axis
+    that spans them (not from 0: the question is 2.0 against 2.05), floor and target marked."""
     if bench.empty:
         fig, ax = plt.subplots(figsize=(7.5, 1.5))
         ax.axis("off")
-        ax.text(0.5, 0.5, "no benchmark results under results/bench/ yet", ha="center")
+        ax.text(0.5, 0.5, "no step-time benchmark results yet", ha="center")
         return fig
     d = bench[bench["variant"] != "sgd"].copy()
     d["config"] = d["model"] + " b" + d["batch"].astype(str) + " " + d["mode"]
-    d["variant"] = d["variant"].map({"sam": "samkit SAM", "ref_sam": "reference SAM"})
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * d["config"].nunique() + 1.8))
-    sns.barplot(d, y="config", x="ratio_to_sgd", hue="variant", ax=ax, orient="h")
-    ax.axvline(2.0, color="0.2", ls="--", lw=1)
-    ax.axvline(2.05, color="crimson", ls=":", lw=1)
-    ax.set_xlabel("step time / SGD step time (floor 2.0, target 2.05)")
-    ax.set_ylabel("")
+    configs = list(dict.fromkeys(d["config"]))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(configs) + 1.8))
+    names = {"sam": "samkit SAM", "ref_sam": "reference SAM"}
+    for (variant, name), color, dy in zip(names.items(), sns.color_palette(n_colors=2),
+                                          (-0.12, 0.12)):
+        v = d[d["variant"] == variant]
+        ax.plot(v["ratio_to_sgd"], [configs.index(c) + dy for c in v["config"]], "o",
+                color=color, ms=7, label=name)
+    ax.axvline(2.0, color="0.2", ls="--", lw=1, label="floor 2.0")
+    ax.axvline(2.05, color="crimson", ls=":", lw=1, label="target 2.05")
+    ax.set_yticks(range(len(configs)), configs)
+    ax.set_ylim(len(configs) - 0.5, -0.5)
+    lo, hi = min(d["ratio_to_sgd"].min(), 2.0), max(d["ratio_to_sgd"].max(), 2.05)
+    ax.set_xlim(lo - 0.1 * (hi - lo) - 0.02, hi + 0.1 * (hi - lo) + 0.02)
+    ax.set_xlabel("step time / SGD step time (×)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
     devices = "; ".join(sorted({f"{p['device']}, torch {p['torch']}, {p['date'][:10]}"
                                 for p in provenance}))
     fig.text(0.01, 0.005, f"device: {devices}", fontsize=7, color="0.4")
@@ -143,6 +162,8 @@ def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
     ax.axhline(1 if ratio else 0, color="0.3", lw=0.8, ls="--")
     if ratio:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}×")
+        ax.yaxis.set_minor_formatter(lambda v, _: f"{v:g}×" if f"{v:g}"[0] in "25" else "")
     elif _outlying(table):
         # One very uncertain point (e.g. a tiny model whose runs sometimes collapse) would
         # squash every other interval into a line: linear within ±1 pp, logarithmic beyond.
@@ -150,8 +171,7 @@ def effect_vs(table: pd.DataFrame, x: str, meta: dict | None, hue: str | None = 
         ticks = [-30, -10, -3, -1, -0.5, 0, 0.5, 1, 3, 10, 30]
         ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.yaxis.set_minor_locator(plt.NullLocator())
-        ax.text(0.01, 0.01, "y: linear within ±1 pp, logarithmic beyond", fontsize=7,
-                color="0.4", transform=ax.transAxes)
+        ylabel += "\n(linear within ±1 pp, logarithmic beyond)"
     return _label(fig, ax, xlabel or x, ylabel, title, hue is not None, meta, alt)
 
 
@@ -175,10 +195,21 @@ def _dodged_series(ax, table, x, groups, hue, labels, shown) -> None:
         ax.errorbar(g[x] * shift, est, yerr=err, marker="o", capsize=3, color=color,
                     label=label)
         _mark_diverged(ax, g.assign(_shown=est), x, "_shown")
-    xs = sorted(table[x].unique())
+    xs = sorted(v for v in table[x].unique() if np.isfinite(v) and v > 0)
     ax.set_xscale("log")
-    ax.set_xticks(xs, [_tick(v) for v in xs])
+    ax.set_xticks(xs, _thinned([_tick(v) for v in xs], xs))
     ax.xaxis.set_minor_locator(plt.NullLocator())
+
+
+def _thinned(labels: list, xs: list, factor: float = 1.25) -> list:
+    """Tick labels with those closer than ``factor`` (on the log axis) to the last labelled
+    tick left blank, so that no two labels overlap (the ticks stay)."""
+    out, last = [], None
+    for label, v in zip(labels, xs):
+        keep = last is None or v / last >= factor
+        out.append(label if keep else "")
+        last = v if keep else last
+    return out
 
 
 def _label(fig, ax, xlabel, ylabel, title, legend, meta, alt):
@@ -188,12 +219,18 @@ def _label(fig, ax, xlabel, ylabel, title, legend, meta, alt):
     if title:
         ax.set_title(title)
     if legend:
-        ax.legend(fontsize=8, loc="best", frameon=True)
+        outside_legend(ax)
     if meta is not None:
         stamp(fig, meta)
     if alt:
         fig.alt_text = alt
     return fig
+
+
+def outside_legend(ax, **kw) -> None:
+    """The axes' legend to the right of it, never over the data (the layout makes room)."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              borderaxespad=0, **kw)
 
 
 def _outlying(table: pd.DataFrame) -> bool:
@@ -207,7 +244,7 @@ def _tick(v) -> str:
         return f"{v / 1e6:.1f}M"
     if v >= 1e4:
         return f"{v / 1e3:.0f}k"
-    return f"{v:g}"
+    return f"{int(v)}" if v.is_integer() else f"{v:.3g}"
 
 
 def curves(history: pd.DataFrame, meta: dict | None, y: str = "test_acc", hue: str = "optimizer",

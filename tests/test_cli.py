@@ -33,7 +33,7 @@ def test_train_prints_result_json(tmp_path):
 def test_bad_flag_value_is_one_line_and_exit_2():
     r = samkit("train", "--optimizer", "adamw", "--epochs", "1")
     assert r.returncode == 2
-    assert "optimizer: got 'adamw'; allowed: sgd, sam, asam" in r.stderr.splitlines()[-1]
+    assert "optimizer: got 'adamw'; allowed: sgd, adam, sam, asam" in r.stderr.splitlines()[-1]
     r = samkit("train", "--rho", "-1")
     assert r.returncode == 2 and "rho: got -1.0; allowed: a number >= 0" in r.stderr
 

@@ -378,7 +378,7 @@ def _negative_lr(p):
 
 
 def _bad_optimizer(p):
-    p["width"]["cpu"]["grid"]["optimizer"] = ["sgd", "adam"]
+    p["width"]["cpu"]["grid"]["optimizer"] = ["sgd", "adamw"]
 
 
 def _typo_in_other_study(p):  # every stage checks the whole file before training
@@ -387,7 +387,7 @@ def _typo_in_other_study(p):  # every stage checks the whole file before trainin
 
 BAD_PARAMS = {
     "negative lr": (_negative_lr, "width.cpu.base.lr: got -0.1"),
-    "bad optimizer": (_bad_optimizer, "width.cpu.grid.optimizer[1]: got 'adam'"),
+    "bad optimizer": (_bad_optimizer, "width.cpu.grid.optimizer[1]: got 'adamw'"),
     "typo in another study": (_typo_in_other_study, "rho.cpu.base.widht: unknown key"),
     "not yaml": (None, "params.yaml: not valid YAML"),
 }

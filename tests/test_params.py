@@ -36,7 +36,7 @@ BAD = [  # (edit, substring the message must contain)
     (edited(["widht"], {}), "widht: unknown section; allowed: profile, headline"),
     (edited(W + ["base", "lrr"], 0.1), "width.cpu.base.lrr: unknown key; allowed: dataset"),
     (edited(W + ["grid", "optimizer"], ["sgd", "samm"]),
-     "width.cpu.grid.optimizer[1]: got 'samm'; allowed: sgd, sam, asam"),
+     "width.cpu.grid.optimizer[1]: got 'samm'; allowed: sgd, adam, sam, asam"),
     (edited(W + ["base", "rho"], -0.05), "width.cpu.base.rho: got -0.05; allowed: a number >= 0"),
     (edited(W + ["base", "label_noise"], 1.5),
      "width.cpu.base.label_noise: got 1.5; allowed: a number in [0, 1)"),

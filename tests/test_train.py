@@ -123,7 +123,7 @@ def test_regression_and_probe():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(optimizer="adam"), "optimizer: got 'adam'; allowed: sgd, sam, asam"),
+    (dict(optimizer="adamw"), "optimizer: got 'adamw'; allowed: sgd, adam, sam, asam"),
     (dict(width=0), "width: got 0; allowed: an int > 0"),
     (dict(label_noise=1.0), "label_noise: got 1.0; allowed: a number in [0, 1)"),
     (dict(epochs="10"), "epochs: got '10' (str); allowed: an int"),

@@ -42,7 +42,7 @@ PINNED_KEYS = [
     (dict(looksam_alpha="0.7"), "looksam_alpha: got '0.7' (str); allowed: a number"),
     (dict(optimizer="msam", momentum=0.0),
      "momentum: got 0.0 with optimizer 'msam'; allowed: momentum > 0"),
-    (dict(optimizer="lamb"), "optimizer: got 'lamb'; allowed: sgd, sam, asam, looksam, msam"),
+    (dict(optimizer="lamb"), "optimizer: got 'lamb'; allowed: sgd, adam, sam, asam, looksam, msam"),
 ])
 def test_new_fields_are_validated_in_one_line(bad, message):
     with pytest.raises(ValueError) as e:
