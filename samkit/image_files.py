@@ -86,6 +86,10 @@ def _ensure_files(name: str, root: Path, download: bool) -> Path:
     if _missing(name, raw) and download:
         try:
             _torchvision_download(name, root)
+        except ModuleNotFoundError as e:  # the core install has no torchvision
+            raise RuntimeError(f"{name}: download failed ({e}): `pip install torchvision` (in "
+                               "samkit[study]) to download it. " + _where_to_put(name, raw, False)
+                               ) from e
         except Exception as e:  # torchvision raises many types (URLError, RuntimeError, ...)
             raise RuntimeError(f"{name}: download failed ({e}). "
                                + _where_to_put(name, raw, download)) from e

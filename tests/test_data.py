@@ -462,3 +462,17 @@ def test_datasets_live_in_one_per_user_folder_whatever_the_working_directory(mon
     assert data.default_root() == str(tmp_path / "home" / ".cache" / "samkit" / "data")
     monkeypatch.setenv("SAMKIT_DATA", "/somewhere")
     assert data.default_root() == "/somewhere"
+
+
+def test_a_core_install_without_torchvision_says_what_to_install(tmp_path, monkeypatch):
+    from pathlib import Path
+    from samkit import image_files
+
+    def no_torchvision(*a, **k):
+        raise ModuleNotFoundError("No module named 'torchvision'")
+
+    monkeypatch.setattr(image_files, "_torchvision_download", no_torchvision)
+    monkeypatch.setattr(image_files, "DEBIAN_FASHION_DIR", Path(tmp_path / "no-debian-copy"))
+    with pytest.raises(RuntimeError, match=r"^fashion_mnist: download failed \(No module named "
+                       r"'torchvision'\): `pip install torchvision` \(in samkit\[study\]\)"):
+        image_files._ensure_files("fashion_mnist", tmp_path, True)

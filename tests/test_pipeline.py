@@ -111,6 +111,10 @@ def test_dvc_plots_render_every_study_from_committed_results():
 
 
 @pytest.mark.slow
+# `dvc exp show` keeping only each study's headline estimates (book/reproduce.md).
+HEADLINE_VIEW = ["--drop", ".*", "--keep", r"Experiment$|Created$|.*\.(pp|pp_per_2x|ratio)$"]
+
+
 def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
     """`dvc exp run -S` on a clone: only the edited study runs, and `dvc exp show` reports the
     experiment's parameter and the metrics it produced beside the committed ones."""
@@ -155,6 +159,12 @@ def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
     header = r.stdout.splitlines()[0].split(",")
     assert len(header) <= 60, header
     assert {"width.cpu.base.epochs", "width.mlp.widest.pp"} <= set(header), header
+    # every experiment's headline estimates, whatever changed: a spreadsheet's width
+    r = subprocess.run([dvc, "exp", "show", "--csv", *HEADLINE_VIEW], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0].split(",")
+    assert len(header) <= 60 and "width.mlp.widest.pp" in header, header
     r = subprocess.run(show + ["--no-pager"], cwd=work, env={**env, "COLUMNS": "120"},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
