@@ -88,6 +88,10 @@ def running_stats_drift(model: nn.Module, x: torch.Tensor, batch_size: int) -> d
     weights give: the reference re-estimates them on ``x`` (the training set), in train mode,
     batch by batch at ``batch_size`` with a cumulative average (momentum None), on a copy.
 
+    ``x`` is used as given: with augmentation in training, even exact running statistics differ
+    from the reference (compare arms, not absolute values). The trainer measures the reported
+    model (the early-stopped one when early stopping is on).
+
     Returns the relative L2 distances ``||running - reference|| / ||reference||`` of the means
     and of the variances, each averaged over the layers, and the number of layers; {} when the
     model has no BatchNorm layer with running statistics."""

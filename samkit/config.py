@@ -87,7 +87,7 @@ class TrainConfig:
         # is the eager run on that device and shares its key (as device itself does).
         for k in ("device", "tag", "compile"):
             d.pop(k)
-        if self.optimizer == "sgd":   # SGD ignores rho/eta: one cache entry for all values
+        if self.optimizer in ("sgd", "adam"):   # no SAM: rho/eta unused, one cache entry
             d["rho"] = d["eta"] = 0.0
         d["data_seed"] = self.effective_data_seed  # -1 and the seed it stands for: one run
         # Options an optimizer ignores take their default (one cache entry for all values);
@@ -182,6 +182,10 @@ def validate_config(cfg) -> None:
         raise ValueError(f"{name}: got {getattr(cfg, name)!r} with model {cfg.model!r} (no "
                          "BatchNorm); allowed: " + ("frozen" if name == "bn_perturbed"
                                                     else "false") + ", or model preact_resnet18")
+    if cfg.bn_perturbed != "frozen" and cfg.optimizer not in ("sam", "asam", "looksam"):
+        raise ValueError(f"bn_perturbed: got {cfg.bn_perturbed!r} with optimizer "
+                         f"{cfg.optimizer!r} (no perturbed pass); allowed: frozen, or optimizer "
+                         "sam, asam or looksam")
     if cfg.base_optimizer != "sgd" and cfg.optimizer not in ("sam", "asam"):
         raise ValueError(f"base_optimizer: got {cfg.base_optimizer!r} with optimizer "
                          f"{cfg.optimizer!r}; allowed: sgd, or optimizer sam or asam (plain "

@@ -33,6 +33,10 @@ def ratio(log_est, log_low=None, log_high=None) -> str:
     s = f"{math.exp(log_est):.2f}×"
     if _ok(log_low) and _ok(log_high):
         s += f" [{math.exp(log_low):.2f}, {math.exp(log_high):.2f}]"
+    elif _ok(log_low) and log_high == math.inf:   # a lower bound only (censored data)
+        s += f" [{math.exp(log_low):.2f}, ∞)"
+    elif log_low == -math.inf and _ok(log_high):
+        s += f" (0, {math.exp(log_high):.2f}]"
     return s
 
 

@@ -143,7 +143,7 @@ def slope(runs: pd.DataFrame, metric: str, treatment: dict, control: dict,
 def verdict(effect: Effect, delta: float, direction: int = 1) -> str:
     """Decide "the effect has sign ``direction``" (+1 or -1) against δ (see module doc)."""
     lo, hi = sorted((direction * effect.low, direction * effect.high))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if np.isnan(lo) or np.isnan(hi):   # an infinite bound is a one-sided interval: it decides
         return "cannot tell"
     inside = lo > -delta and hi < delta
     if hi < 0:

@@ -102,5 +102,6 @@ def test_bn_options_are_validated_and_keep_old_keys():
     base = TrainConfig(optimizer="sam")
     assert "bn_perturbed" not in base.key_dict() and "bn_drift" not in base.key_dict()
     assert TrainConfig(optimizer="sam", bn_perturbed="updated").key_dict() != base.key_dict()
-    sgd = TrainConfig(optimizer="sgd")  # no perturbed pass: the option cannot change the run
-    assert TrainConfig(optimizer="sgd", bn_perturbed="updated").key_dict() == sgd.key_dict()
+    with pytest.raises(ValueError, match=r"^bn_perturbed: got 'updated' with optimizer 'sgd' "
+                       r"\(no perturbed pass\)"):
+        TrainConfig(optimizer="sgd", bn_perturbed="updated")

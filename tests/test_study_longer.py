@@ -28,6 +28,8 @@ def test_sgd_degrades_and_the_gain_grows():
     wobble = sum(0.0005 * ((s + 2) % 3) - 0.0005 * (s % 3) for s in range(6)) / 6
     assert grows.effect.estimate == pytest.approx(0.01 + wobble)
     assert grows.verdict == "supports"
+    holds = a.claim("sam_degrades.n0")   # SAM's own change: wobble only, inside ±0.3 pp
+    assert holds.direction == -1 and holds.verdict == "contradicts"
     changes = a.tables["changes"].set_index(["label_noise", "epochs", "quantity"])
     assert changes.loc[(0.0, 120, "SGD"), "estimate"] == pytest.approx(-0.005)
     assert a.facts["base_epochs"] == 60 and a.facts["longest_epochs"] == 240

@@ -74,3 +74,29 @@ def test_tuned_gains_are_paired_by_seed():
     assert a.facts["trials"] == "SGD 4, SAM 4, SGD 2× 4"
     chosen = a.tables["chosen"].set_index("tag")
     assert chosen.loc["SAM", "chosen"] == "lr 0.1, ρ 0.1 ×6"
+
+
+@pytest.mark.parametrize("profile", ["quick", "cpu", "gpu"])
+def test_every_profile_holds_the_fixed_recipe_in_every_arm(profile):
+    """The page sets the tuned comparison beside the fixed recipe: each profile's spaces must
+    contain it, or that comparison would be silently empty."""
+    import dataclasses
+    import os
+    from samkit import params
+    raw = params.load(os.path.join(os.path.dirname(__file__), "..", "params.yaml"))
+    configs = params.study_configs("tuning", raw["tuning"], profile)
+    runs = pd.DataFrame([dataclasses.asdict(c) for c in configs])
+    chosen = tuning.fixed(runs)
+    assert set(chosen["tag"]) == set(tuning.ARMS)
+    assert len(chosen) == len(runs.groupby(["tag", "width", "label_noise", "seed"]))
+
+
+def test_an_arm_without_a_finished_trial_is_a_failed_pair_not_a_lost_seed():
+    runs = make_runs()
+    runs.loc[(runs["tag"] == "SAM") & (runs["seed"] == 0), "status"] = "diverged"
+    chosen = tuning.select(runs)
+    row = chosen[(chosen["tag"] == "SAM") & (chosen["seed"] == 0)]
+    assert len(row) == 1 and row["status"].iloc[0] == "diverged" and row["trials"].iloc[0] == 4
+    gains = tuning.analyze(runs).tables["gains"].set_index(["selection", "comparison"])
+    tuned = gains.loc[("tuned", "SAM − SGD")]
+    assert tuned["n"] == 5 and tuned["diverged"] == 1

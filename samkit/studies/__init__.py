@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .. import fit, fmt, stats
@@ -332,15 +333,24 @@ HYPER = ("lr", "weight_decay", "rho")
 def select_trials(runs: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
     """Per (``cell``, seed, tag): the trial with the highest validation accuracy (ties: the
     first in lr, weight decay, ρ order), with its hyperparameters, its test accuracy and the
-    number of trials it was chosen from. An arm whose trials all diverged or failed to fit has
-    no row for that seed. Only ``SELECT_ON`` orders the trials: test accuracy never does."""
+    number of trials it was chosen from, status "ok"; an arm whose trials all diverged or failed
+    to fit gets a failed row for that seed. Only ``SELECT_ON`` orders the trials: test
+    accuracy never does."""
     ok = runs[runs["status"] == "ok"].dropna(subset=[SELECT_ON])
     group = [*cell, "seed", "tag"]
     ordered = ok.sort_values([*group, SELECT_ON, *HYPER],
                              ascending=[True] * len(group) + [False] + [True] * len(HYPER),
                              kind="mergesort")
     chosen = ordered.groupby(group, sort=True).head(1)
-    trials = runs.groupby(group).size().rename("trials").reset_index()
-    chosen = chosen.merge(trials, on=group)
-    return chosen[[*group, *HYPER, SELECT_ON, REPORT_CHOSEN, "trials"]].reset_index(
-        drop=True).assign(status="ok")
+    trials = runs.groupby(group).agg(trials=("status", "size"),
+                                     all_diverged=("status", lambda s: (s == "diverged").all()))
+    chosen = chosen.merge(trials["trials"].reset_index(), on=group).assign(status="ok")
+    # A seed whose arm has no finished trial stays, as a failed row: the pairings count it
+    # (diverged when every trial diverged, unfit otherwise) instead of losing the seed.
+    failed = trials.drop(index=pd.MultiIndex.from_frame(chosen[group]), errors="ignore")
+    failed = failed.reset_index().assign(
+        status=lambda d: np.where(d["all_diverged"], "diverged", "unfit"),
+        **{c: np.nan for c in (*HYPER, SELECT_ON, REPORT_CHOSEN)})
+    cols = [*group, *HYPER, SELECT_ON, REPORT_CHOSEN, "trials", "status"]
+    return pd.concat([chosen[cols], failed[cols]], ignore_index=True).sort_values(
+        group, kind="mergesort").reset_index(drop=True)

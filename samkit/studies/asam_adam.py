@@ -35,13 +35,16 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     chosen = select_trials(runs, CELL)
     gains = _gains(chosen)
     claims = []
-    widths = sorted(chosen["width"].unique()) if len(chosen) else []
+    cells = sorted(set(map(tuple, chosen[CELL].to_numpy()))) if len(chosen) else []
+    widest = max((w for w, _ in cells), default=None)
     for cid, (t, c, text, source) in COMPARISONS.items():
-        for width in widths:
-            claims.append(Claim(f"{cid}.w{int(width)}", f"{text} (width {int(width)})", source,
+        for width, noise in cells:
+            tag = f"w{int(width)}" + (f"_n{int(round(100 * noise))}" if noise else "")
+            where = f"width {int(width)}" + (f", {noise:.0%} label noise" if noise else "")
+            claims.append(Claim(f"{cid}.{tag}", f"{text} ({where})", source,
                                 effect_at(gains[gains["comparison"] == f"{t} − {c}"],
-                                          width=width),
-                                DELTA, DELTA_REASON, dvc_metric=width == widths[-1]
+                                          width=width, label_noise=noise),
+                                DELTA, DELTA_REASON, dvc_metric=width == widest and not noise
                                 and cid != "asam_vs_sgd"))
     return Analysis({"gains": gains, "chosen": _chosen_table(chosen)}, claims,
                     {"status": status_line(runs), "trials": _trials(runs)})

@@ -66,12 +66,12 @@ def arm_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_view(runs: pd.DataFrame) -> pd.DataFrame:
-    """The two seed-paired comparisons with the fix as control: accuracy in pp differences,
-    drift as log ratios (exp() gives the ratio)."""
-    acc = paired_table(runs, "final_test_acc", UPDATED, FROZEN, by=[])
+    """The seed-paired comparisons, signed as the claims are: accuracy as pp differences (the
+    fix minus no fix; momentum 0 minus the fix), drift as a log ratio (no fix over the fix)."""
+    acc = paired_table(runs, "final_test_acc", FROZEN, UPDATED, by=[])
     drift = paired_table(runs, "bn_drift_mean", UPDATED, FROZEN, by=[], log=True)
     m0 = paired_table(runs, "final_test_acc", MOMENTUM0, FROZEN, by=[])
-    return pd.concat([acc.assign(comparison="updated - frozen, test accuracy"),
+    return pd.concat([acc.assign(comparison="frozen - updated, test accuracy"),
                       m0.assign(comparison="momentum 0 - frozen, test accuracy"),
                       drift.assign(comparison="log(updated / frozen), running-mean drift")],
                      ignore_index=True)[["comparison", *PAIRED_COLUMNS]]

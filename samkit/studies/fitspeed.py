@@ -2,13 +2,16 @@
 
 The blog: "SAM trains slower: training accuracy reaches near-perfect levels later". Measured on
 the width study's MLP runs (the same configs: nothing is trained for this study) from each run's
-stored history (``samkit.fit.epochs_to_fit``: the first evaluated epoch at or above the level,
-so to within ``eval_every`` epochs). Per seed and width the comparison is log(SAM epochs / SGD
-epochs), shown as a ratio. A run that never reaches a level is censored: it enters the pair at
-its epochs + 1 (it reached the level later than its last epoch, if ever), a lower bound. Where
-only SAM's side is censored the ratio is therefore a lower bound on SAM's delay, and where both
-are it is 1: conservative for the claim. Only a pair censored on SGD's side alone would bias it
-the other way; the table counts those pairs.
+stored history (``samkit.fit.epochs_to_fit``: the first evaluated epoch at or above the level).
+Training accuracy is evaluated every k epochs, so a run first seen at the level at epoch e
+crossed it somewhere in [e − k + 1, e]; a run that never reaches it crossed after its last epoch
+E, if ever: [E + 1, ∞). Per seed and width the comparison is log(SAM epochs / SGD epochs), and
+its 95% CI is built from the least favourable ends of those intervals on each side (low: SAM's
+earliest over SGD's latest; high: SAM's latest over SGD's earliest, infinite when SAM's run is
+censored). So neither the evaluation grid nor censoring can make the ratio look decided: two
+runs seen at the same evaluation, or both censored, leave the CI wide enough to say "cannot
+tell", never "no difference". The point estimate uses e for a run that reached the level and
+E + 1 for one that did not.
 """
 from __future__ import annotations
 
@@ -19,8 +22,7 @@ import pandas as pd
 
 from .. import fmt, stats
 from ..fit import FIT_LEVELS
-from . import (PAIRED_COLUMNS, SAM, SGD, Analysis, Claim, effect_at, ensure_columns,
-               paired_table, status_line)
+from . import SAM, SGD, Analysis, Claim, ensure_columns, status_line
 
 NAME = "fitspeed"
 TITLE = "SAM fits later: epochs to reach a training accuracy"
@@ -32,69 +34,105 @@ COLUMNS = {level: f"epochs_to_{round(100 * level)}" for level in FIT_LEVELS}
 
 
 def analyze(runs: pd.DataFrame) -> Analysis:
-    runs = bounded(ensure_columns(runs, COLUMNS.values()))
+    runs = intervals(ensure_columns(runs, [*COLUMNS.values(), "eval_every"]))
     in_range = stats.in_trend_range(runs)
-    ratios = pd.concat([paired_table(in_range, col, SAM, SGD, by=["width"], log=True)
-                        .assign(level=level, sgd_alone_censored=_sgd_alone(in_range, col))
-                        for level, col in COLUMNS.items()], ignore_index=True)
-    widest = int(in_range["width"].max()) if len(in_range) else 0
+    widths = sorted(in_range["width"].unique()) if len(in_range) else []
+    ratios = pd.DataFrame([{"level": level, "width": int(w),
+                            **interval_effect(in_range[in_range["width"] == w], col).as_dict(),
+                            **censoring(in_range[in_range["width"] == w], col)}
+                           for level, col in COLUMNS.items() for w in widths],
+                          columns=["level", "width", "estimate", "low", "high", "n", "sd",
+                                   "sam_censored", "sgd_censored", "both_censored"])
+    widest = int(widths[-1]) if widths else 0
+    at_widest = in_range[in_range["width"] == widest]
     claims = [Claim(f"reach{round(100 * level)}.widest",
                     f"SAM takes more epochs than SGD to reach {fmt.rate(level)} training "
                     f"accuracy (widest model, width {widest})", SOURCE,
-                    effect_at(ratios, level=level, width=widest), DELTA, DELTA_REASON,
-                    unit="ratio", dvc_metric=level == FIT_LEVELS[-1])
-              for level in FIT_LEVELS]
+                    interval_effect(at_widest, col), DELTA, DELTA_REASON, unit="ratio",
+                    dvc_metric=level == FIT_LEVELS[-1])
+              for level, col in COLUMNS.items()]
     level = FIT_LEVELS[0]
     claims.append(Claim(f"reach{round(100 * level)}.all",
                         f"SAM takes more epochs than SGD to reach {fmt.rate(level)} training "
                         "accuracy, across widths (per seed, the mean over widths of the log "
-                        "ratio)", SOURCE, across_widths(in_range, COLUMNS[level]), DELTA,
-                        DELTA_REASON, unit="ratio", dvc_metric=False))
-    return Analysis({"epochs": epochs_table(runs),
-                     "ratios": ratios[["level", "width", *PAIRED_COLUMNS,
-                                       "sgd_alone_censored"]]},
-                    claims, {"status": status_line(runs), "widest": widest,
-                             "eval_every": ", ".join(str(int(e)) for e in
-                                                     sorted(runs["eval_every"].unique()))
-                             if "eval_every" in runs else "n/a"})
+                        "ratio)", SOURCE, interval_effect(in_range, COLUMNS[level], "width"),
+                        DELTA, DELTA_REASON, unit="ratio", dvc_metric=False))
+    return Analysis({"epochs": epochs_table(runs), "ratios": ratios}, claims,
+                    {"status": status_line(runs), "widest": widest,
+                     "eval_every": ", ".join(str(int(e)) for e in
+                                             sorted(runs["eval_every"].dropna().unique()))})
 
 
-def bounded(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with each finished run's censored epochs-to-level (never reached: NaN) set to
-    its epochs + 1, and ``<column>_censored`` flags."""
+def intervals(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with, per level column, where each finished run crossed the level:
+    ``<column>_lo``/``_hi`` (see the module doc), its point value (e, or E + 1 when censored)
+    in ``<column>`` and a ``<column>_censored`` flag (1.0 / 0.0)."""
     runs = runs.copy()
     done = runs["status"] == "ok"
+    k = runs["eval_every"].fillna(1).clip(lower=1)
     for col in COLUMNS.values():
         censored = done & runs[col].isna()
-        runs[f"{col}_censored"] = censored.astype(float)  # 1.0 / 0.0: stats.pairs subtracts
+        runs[f"{col}_censored"] = censored.astype(float)
         runs.loc[censored, col] = runs.loc[censored, "epochs"] + 1
+        runs[f"{col}_lo"] = np.where(censored, runs[col], np.maximum(runs[col] - k + 1, 1))
+        runs[f"{col}_hi"] = np.where(censored, np.inf, runs[col])
     return runs
 
 
-def _sgd_alone(runs: pd.DataFrame, column: str):
-    """Per width (the order of a ``paired_table`` by width): seed pairs where SGD's run is
-    censored and SAM's is not (the one case where the bound favours the claim)."""
-    p = stats.pairs(runs, f"{column}_censored", SAM, SGD, by=["width"])
-    alone = p["ok"] & (p[f"{column}_censored_c"] == 1) & (p[f"{column}_censored_t"] == 0)
-    counts = alone.groupby(p["width"]).sum()
-    return [int(counts.get(w, 0)) for w in sorted(p["width"].unique())]
+def _seed_logs(runs: pd.DataFrame, column: str, by: str | None) -> pd.DataFrame:
+    """Per seed (averaged over ``by`` when given): the log ratio's point value and its least
+    and most favourable bounds, from the pairs where both sides finished and fit."""
+    keys = ["seed"] + ([by] if by else [])
+    cols = [column, f"{column}_lo", f"{column}_hi"]
+    sides = runs[runs["status"] == "ok"]
+    t = sides[sides["optimizer"] == SAM["optimizer"]].set_index(keys)[cols]
+    c = sides[sides["optimizer"] == SGD["optimizer"]].set_index(keys)[cols]
+    both = t.add_suffix("_t").join(c.add_suffix("_c"), how="inner")
+    if both.empty:
+        return pd.DataFrame(columns=["point", "low", "high"])
+    with np.errstate(divide="ignore"):   # a censored side's bound is infinite: log is ±inf
+        logs = pd.DataFrame({
+            "point": np.log(both[f"{column}_t"] / both[f"{column}_c"]),
+            "low": np.log(both[f"{column}_lo_t"] / both[f"{column}_hi_c"]),
+            "high": np.log(both[f"{column}_hi_t"] / both[f"{column}_lo_c"])})
+    return logs.groupby(level="seed").mean() if by else logs
 
 
-def across_widths(runs: pd.DataFrame, column: str) -> stats.Effect:
-    """Per seed, the mean over widths of log(SAM / SGD) epochs (widths where both sides
-    reached the level), then the t-interval over seeds: one number per seed, so seeds are the
-    unit of replication."""
-    p = stats.pairs(runs, column, SAM, SGD, by=["width"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p["log_ratio"] = np.where(p["ok"], np.log(p[f"{column}_t"]) - np.log(p[f"{column}_c"]),
-                                  np.nan)
-    per_seed = p.dropna(subset=["log_ratio"]).groupby("seed")["log_ratio"].mean()
-    return stats.mean_effect(per_seed)
+def interval_effect(runs: pd.DataFrame, column: str, by: str | None = None) -> stats.Effect:
+    """The seed-paired log ratio SAM / SGD of ``column`` (averaged per seed over ``by``): the
+    point estimate and its t-interval, widened to the t-intervals of the bounds (the lower
+    limit of the least favourable bound, the upper limit of the most favourable one; infinite
+    where a bound is)."""
+    logs = _seed_logs(runs, column, by)
+    point = stats.mean_effect(logs["point"])
+    if point.n == 0:
+        return stats.NO_EFFECT
+    low = (stats.mean_effect(logs["low"]).low if np.isfinite(logs["low"]).all()
+           else -np.inf)
+    high = (stats.mean_effect(logs["high"]).high if np.isfinite(logs["high"]).all()
+            else np.inf)
+    if point.n < 2:
+        low = high = float("nan")
+    # the spread of the side that decides: the lower bound's for a delay, the upper's else
+    side = logs["low"] if point.estimate >= 0 else logs["high"]
+    sd = float(side.std(ddof=1)) if np.isfinite(side).all() and point.n > 1 else point.sd
+    return stats.Effect(point.estimate, min(low, point.low), max(high, point.high), point.n, sd)
+
+
+def censoring(runs: pd.DataFrame, column: str) -> dict:
+    """Seed pairs (both finished and fit) censored on SAM's side only, SGD's only, and both."""
+    ok = runs[runs["status"] == "ok"]
+    t = ok[ok["optimizer"] == "sam"].set_index("seed")[f"{column}_censored"]
+    c = ok[ok["optimizer"] == "sgd"].set_index("seed")[f"{column}_censored"]
+    t, c = t.align(c, join="inner")
+    return {"sam_censored": int(((t == 1) & (c == 0)).sum()),
+            "sgd_censored": int(((t == 0) & (c == 1)).sum()),
+            "both_censored": int(((t == 1) & (c == 1)).sum())}
 
 
 def epochs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per width and optimizer: finished runs, and per level how many reached it and their
-    median epoch (of those that did). ``runs``: after ``bounded``."""
+    median epoch (of those that did). ``runs``: after ``intervals``."""
     ok = runs[runs["status"] == "ok"]
     rows = []
     for (width, opt), g in ok.groupby(["width", "optimizer"], sort=True):

@@ -39,6 +39,10 @@ def analyze(runs: pd.DataFrame) -> Analysis:
                   f"{longest} epochs ({labels})", SOURCE,
                   _at(changes, noise, "SGD", longest), DELTA, DELTA_REASON, direction=-1,
                   dvc_metric=False),
+            Claim(f"sam_degrades.{slug}", f"SAM's test accuracy degrades from {base} to "
+                  f"{longest} epochs ({labels}); 'contradicts' means it holds, within ±0.3 pp "
+                  "or better", SOURCE, _at(changes, noise, "SAM", longest), DELTA, DELTA_REASON,
+                  direction=-1, dvc_metric=False),
             Claim(f"gain_grows.{slug}", f"SAM's gain over SGD grows from {base} to {longest} "
                   f"epochs ({labels})", SOURCE, _at(changes, noise, "SAM − SGD", longest),
                   DELTA, DELTA_REASON),
@@ -52,8 +56,8 @@ def _per_seed(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (noise, seed, epochs): SGD's and SAM's accuracy and SAM − SGD (NaN where a
     side did not finish or failed to fit) and whether a run there diverged."""
     ok = runs[runs["status"] == "ok"]
-    wide = ok.pivot_table(index=["label_noise", "seed", "epochs"], columns="optimizer",
-                          values=METRIC, aggfunc="first")
+    # pivot, not pivot_table: two runs in one cell would be a bug, and pivot raises on it
+    wide = ok.pivot(index=["label_noise", "seed", "epochs"], columns="optimizer", values=METRIC)
     for side in ("sgd", "sam"):
         if side not in wide:
             wide[side] = float("nan")
@@ -82,7 +86,8 @@ def _changes(runs: pd.DataFrame, base: int) -> pd.DataFrame:
             rows.append({"label_noise": noise, "epochs": int(epochs), "quantity": quantity,
                          **e.as_dict(), "diverged": n_diverged,
                          "unfit": int(missing.sum()) - n_diverged,
-                         "treatment": g[col].mean(), "control": ref[col].mean()})
+                         "treatment": g.loc[diff.index, col].mean(),
+                         "control": ref[col].reindex(diff.index).mean()})
     return pd.DataFrame(rows)[["label_noise", "epochs", "quantity", *PAIRED_COLUMNS]]
 
 
