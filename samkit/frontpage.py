@@ -4,7 +4,6 @@ sentences that read it), every tested claim grouped by study, and the advice lis
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np

@@ -10,13 +10,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import chromium_screenshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -140,46 +139,12 @@ def test_study_page_has_claim_source_one_figure_one_table_and_a_short_reading(bu
 
 # ----------------------------------------------------------------------------- the pixels
 
-def _shoot(url: str, out, width: int, height: int = 4000, timeout: int = 150) -> bool:
-    """One headless Chromium screenshot. Chromium may linger after writing the file (no D-Bus
-    in a container): wait for the file to stop growing, then stop it. The flags keep it off
-    this machine's closed network."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("needs chromium (apt-get install chromium)")
-    profile = out.with_name(out.stem + "-profile")
-    with open(out.with_suffix(".log"), "w") as err:
-        proc = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-             "--hide-scrollbars", f"--window-size={width},{height}", f"--screenshot={out}",
-             url], stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        deadline, last = time.time() + timeout, -1
-        while time.time() < deadline and proc.poll() is None:
-            size = out.stat().st_size if out.exists() else -1
-            if size > 0 and size == last:
-                break
-            last = size
-            time.sleep(1)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return out.exists() and out.stat().st_size > 0
-
-
-def _screenshot(url: str, out, width: int):
-    for attempt in range(2):  # one retry absorbs a slow cold start
-        if _shoot(url, out.with_name(f"{out.stem}-{attempt}.png"), width):
-            return out.with_name(f"{out.stem}-{attempt}.png")
-    pytest.fail(f"chromium wrote no screenshot of {url} at {width} px")
-
-
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("page", PAGES)
 def test_screenshot_shows_the_page_and_its_figure(built_book, tmp_path, page, width):
     from PIL import Image
-    png = _screenshot((built_book / page).as_uri(), tmp_path / "shot", width)
+    png = chromium_screenshot((built_book / page).as_uri(), tmp_path / "shot.png", width,
+                              height=4000)
     img = np.asarray(Image.open(png).convert("RGB")).astype(float)
     assert img.shape[1] == width
     grey = img.mean(axis=2)

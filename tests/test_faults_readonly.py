@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import TOY_SIMPLICITY_PARAMS
 
 from samkit import sweep
 from samkit.train import TrainConfig
@@ -90,14 +91,7 @@ def test_a_fully_cached_sweep_reads_a_read_only_cache(tmp_path, monkeypatch, one
     assert {f: (cache / f).read_bytes() for f in sorted(os.listdir(cache))} == before
 
 
-PARAMS = """profile: quick
-simplicity:
-  quick:
-    base: {dataset: toy1d, model: one_hidden_relu, lr: 0.005, momentum: 0.9,
-           weight_decay: 0.0, schedule: constant, batch_size: 12, epochs: 50,
-           eval_every: 25, rho: 0.1, early_stopping: false}
-    grid: {width: [5], optimizer: [sgd, sam], seed: [0]}
-"""
+PARAMS = TOY_SIMPLICITY_PARAMS
 
 
 def test_samkit_sweep_on_a_read_only_bind_mount(tmp_path):

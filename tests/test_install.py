@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import TOY_SIMPLICITY_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 # Imported by the study machinery, never by `import samkit` or its optimizer and models.
@@ -36,14 +37,7 @@ STUDY_DISTS = {"pandas", "scipy", "pyyaml", "statsmodels", "tqdm", "matplotlib",
 TINY_TRAIN = ["train", "--dataset", "synthetic", "--model", "mlp", "--width", "8",
               "--n-train", "64", "--epochs", "2", "--optimizer", "sam", "--device", "cpu"]
 HELP_BOUND_S = 1.0
-PARAMS = """profile: quick
-simplicity:
-  quick:
-    base: {dataset: toy1d, model: one_hidden_relu, lr: 0.005, momentum: 0.9,
-           weight_decay: 0.0, schedule: constant, batch_size: 12, epochs: 50,
-           eval_every: 25, rho: 0.1, early_stopping: false}
-    grid: {width: [5], optimizer: [sgd, sam], seed: [0]}
-"""
+PARAMS = TOY_SIMPLICITY_PARAMS
 
 
 def _canon(name: str) -> str:

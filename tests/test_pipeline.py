@@ -5,14 +5,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
+from conftest import chromium_screenshot
 from samkit import params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,11 +109,11 @@ def test_dvc_plots_render_every_study_from_committed_results():
                 f"{title}: {path} missing"
 
 
-@pytest.mark.slow
 # `dvc exp show` keeping only each study's headline estimates (book/reproduce.md).
 HEADLINE_VIEW = ["--drop", ".*", "--keep", r"Experiment$|Created$|.*\.(pp|pp_per_2x|ratio)$"]
 
 
+@pytest.mark.slow
 def test_dvc_experiment_reruns_one_study_and_shows_its_metrics(tmp_path):
     """`dvc exp run -S` on a clone: only the edited study runs, and `dvc exp show` reports the
     experiment's parameter and the metrics it produced beside the committed ones."""
@@ -240,43 +239,6 @@ def test_book_has_every_page_with_figures_and_provenance(built_book):
     assert len(keys) >= 10 and html.count('role="doc-biblioentry"') == len(keys)
 
 
-def _chromium_once(chromium, url, out, profile, log, timeout):
-    """One headless Chromium screenshot attempt. Chromium may linger after writing the file (no
-    D-Bus in a container), so wait for the file to stop growing, then stop the browser. The flags
-    keep it off this machine's closed network (refused connections can stall the first start)."""
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-             "--hide-scrollbars", "--window-size=1280,2400", f"--screenshot={out}", url],
-            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        deadline, last = time.time() + timeout, -1
-        while time.time() < deadline and proc.poll() is None:
-            size = out.stat().st_size if out.exists() else -1
-            if size > 0 and size == last:
-                break
-            last = size
-            time.sleep(1)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return out.exists() and out.stat().st_size > 0
-
-
-def _screenshot(url, out, attempts=2):
-    """A screenshot with a fresh profile per attempt; one retry absorbs a slow cold start."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("needs chromium (apt-get install chromium)")
-    for i in range(attempts):
-        log = out.with_name(f"chromium-{i}.log")
-        if _chromium_once(chromium, url, out, out.with_name(f"profile-{i}"), log, timeout=150):
-            return out
-    pytest.fail(f"chromium wrote no screenshot in {attempts} attempts; last stderr:\n"
-                + log.read_text()[-2000:])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("page", ["intro.html", "studies/width.html", "studies/headline.html"])
 def test_browser_renders_figures(built_book, tmp_path, page):
@@ -284,7 +246,7 @@ def test_browser_renders_figures(built_book, tmp_path, page):
     # redirect without a screenshot, so the front page is shot directly and the redirect checked.
     assert 'url=intro.html' in (built_book / "index.html").read_text()
     from PIL import Image
-    png = _screenshot((built_book / page).as_uri(), tmp_path / "shot.png")
+    png = chromium_screenshot((built_book / page).as_uri(), tmp_path / "shot.png")
     img = Image.open(png).convert("RGB")
     assert img.size[0] >= 1000
     colors = img.getcolors(maxcolors=1 << 20)

@@ -1,6 +1,5 @@
 """The tuning-parity study: the trial choice (validation only) and the tuned comparisons on a
 hand-built run table."""
-import numpy as np
 import pandas as pd
 import pytest
 
