@@ -45,8 +45,18 @@ def analyze(runs: pd.DataFrame) -> Analysis:
               "model's weights", SOURCE, effect_at(drift), DRIFT_DELTA,
               "×1.1, the book's δ for a ratio", unit="ratio"),
     ]
-    return Analysis({"arms": arm_table(runs), "paired": paired_view(runs)}, claims,
-                    _facts(runs))
+    return Analysis({"arms": arm_table(runs), "paired": paired_view(runs),
+                     "per_seed": per_seed(runs)}, claims, _facts(runs))
+
+
+def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run: its arm, seed, eval-mode test accuracy and running-mean drift
+    (the `dvc plots` view: one colour per arm)."""
+    ok = runs[runs["status"] == "ok"]
+    return pd.DataFrame({"arm": ok["bn_perturbed"].map(ARMS), "seed": ok["seed"],
+                         "test_acc": ok["final_test_acc"],
+                         "drift_mean": ok["bn_drift_mean"]}).sort_values(
+        ["arm", "seed"]).reset_index(drop=True)
 
 
 def arm_table(runs: pd.DataFrame) -> pd.DataFrame:

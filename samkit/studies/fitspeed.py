@@ -37,11 +37,13 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     runs = intervals(ensure_columns(runs, [*COLUMNS.values(), "eval_every"]))
     in_range = stats.in_trend_range(runs)
     widths = sorted(in_range["width"].unique()) if len(in_range) else []
-    ratios = pd.DataFrame([{"level": level, "width": int(w),
+    ratios = pd.DataFrame([{"measure": f"epochs to {fmt.rate(level)}", "level": level,
+                            "width": int(w),
                             **interval_effect(in_range[in_range["width"] == w], col).as_dict(),
                             **censoring(in_range[in_range["width"] == w], col)}
                            for level, col in COLUMNS.items() for w in widths],
-                          columns=["level", "width", "estimate", "low", "high", "n", "sd",
+                          columns=["measure", "level", "width", "estimate", "low", "high", "n",
+                                   "sd",
                                    "sam_censored", "sgd_censored", "both_censored"])
     widest = int(widths[-1]) if widths else 0
     at_widest = in_range[in_range["width"] == widest]
