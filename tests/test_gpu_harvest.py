@@ -242,6 +242,7 @@ def _harvest(*args, check=True):
     return proc
 
 
+@pytest.mark.slow
 def test_dry_run_of_every_subcommand(fmnist_root, tmp_path):
     d, out, repo = tmp_path / "harvest", tmp_path / "out", tmp_path / "repo"
     common = ["--dir", str(d), "--dry-run"]
