@@ -354,3 +354,10 @@ def select_trials(runs: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
     cols = [*group, *HYPER, SELECT_ON, REPORT_CHOSEN, "trials", "status"]
     return pd.concat([chosen[cols], failed[cols]], ignore_index=True).sort_values(
         group, kind="mergesort").reset_index(drop=True)
+
+
+def trials_per_arm(chosen: pd.DataFrame, order=None) -> str:
+    """The tuning budget as a page states it, "SGD 8, SAM 8": each arm's trials per seed (the
+    most over its cells) from ``select_trials``' output; arms in ``order``, else by name."""
+    per = chosen.groupby("tag")["trials"].max()
+    return ", ".join(f"{tag} {int(per[tag])}" for tag in (order or per.index) if tag in per)

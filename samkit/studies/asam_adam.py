@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import stats
 from . import (PAIRED_COLUMNS, REPORT_CHOSEN, Analysis, Claim, effect_at, ensure_columns,
-               select_trials, status_line)
+               select_trials, status_line, trials_per_arm)
 
 NAME = "asam_adam"
 TITLE = "ASAM, and SAM on Adam"
@@ -47,7 +47,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
                                 DELTA, DELTA_REASON, dvc_metric=width == widest and not noise
                                 and cid != "asam_vs_sgd"))
     return Analysis({"gains": gains, "chosen": _chosen_table(chosen)}, claims,
-                    {"status": status_line(runs), "trials": _trials(runs)})
+                    {"status": status_line(runs), "trials": trials_per_arm(chosen)})
 
 
 def _gains(chosen: pd.DataFrame) -> pd.DataFrame:
@@ -71,8 +71,3 @@ def _chosen_table(chosen: pd.DataFrame) -> pd.DataFrame:
                      "chosen": "; ".join(f"{'lr' if knob == 'lr' else 'ρ'} {v:g} ×{n}"
                                          for v, n in picks.items())})
     return pd.DataFrame(rows, columns=["width", "arm", "test_acc", "chosen"])
-
-
-def _trials(runs: pd.DataFrame) -> str:
-    per = runs.groupby(["tag", *CELL, "seed"]).size().groupby("tag").max()
-    return ", ".join(f"{tag} {int(n)}" for tag, n in per.items())

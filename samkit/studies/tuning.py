@@ -18,7 +18,7 @@ import pandas as pd
 
 from .. import stats
 from . import (PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, select_trials,
-               status_line)
+               status_line, trials_per_arm)
 
 NAME = "tuning"
 TITLE = "Tuning parity: SAM against a tuned SGD"
@@ -74,7 +74,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         ]
     return Analysis({"gains": pd.concat([tuned, untuned], ignore_index=True),
                      "chosen": chosen_table(chosen)}, claims,
-                    {"status": status_line(runs), "trials": _trial_counts(runs)})
+                    {"status": status_line(runs), "trials": trials_per_arm(chosen, ARMS)})
 
 
 def _gains(runs: pd.DataFrame, how: str) -> pd.DataFrame:
@@ -106,9 +106,3 @@ def _setting(row, tag: str) -> str:
     if tag == "SAM":
         return f"lr {row['lr']:g}, ρ {row['rho']:g}"
     return f"lr {row['lr']:g}, wd {row['weight_decay']:g}"
-
-
-def _trial_counts(runs: pd.DataFrame) -> str:
-    """Trials per seed of each arm (the budget: equal by design), as the page states it."""
-    per = runs.groupby(["tag", *CELL, "seed"]).size().groupby("tag").max()
-    return ", ".join(f"{tag} {int(per[tag])}" for tag in ARMS if tag in per)
