@@ -45,14 +45,14 @@ repro: setup
 	@touch $(REPRO_START)
 	. $(VENV)/bin/activate && dvc repro
 	@test -f book/_build/html/index.html || $(MAKE) --no-print-directory book
-	@$(PY) -m samkit.results $(REPRO_START)
+	@$(PY) -m samkit.pipeline.results $(REPRO_START)
 
 retrain: setup
 	@if [ -e $(OLD_RUNS) ]; then echo "error: $(OLD_RUNS) exists (the cache an earlier retrain replaced): move it away first" >&2; exit 1; fi
 	@touch $(REPRO_START)
 	if [ -d results/runs ]; then mv results/runs $(OLD_RUNS); fi
 	. $(VENV)/bin/activate && python -m samkit sweep && dvc repro -f
-	@$(PY) -m samkit.results $(REPRO_START)
+	@$(PY) -m samkit.pipeline.results $(REPRO_START)
 
 # The retrain check on this machine: each study's lowest seed retrained into
 # results/retrain/<this CPU and ISA>/, then every verdict recomputed with those runs in place of

@@ -21,7 +21,7 @@ what an earlier call on the same machine left in the harvest folder (--dir):
 Back on a CPU machine, with the folder the device tool fetched:
 
   ingest FETCHED the runs into results/runs/, the bench JSON into results/bench/, and the
-                 headline study's gpu table into results/gpu/headline/ (studies.run with the
+                 headline study's gpu table into results/gpu/headline/ (run_study with the
                  harvest's own params section; it refuses while a run is missing, so it never
                  trains)
 
@@ -97,7 +97,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _sweep():
-    """samkit.sweep (run keys, the result format); filelock, which it imports for its locks
+    """samkit.sweep.engine (run keys, the result format); filelock, which it imports for its locks
     (unused here), may be missing on the GPU machine."""
     try:
         import filelock  # noqa: F401
@@ -110,7 +110,7 @@ def _sweep():
                 raise RuntimeError("filelock is not installed")
         stub.FileLock, stub.Timeout = FileLock, TimeoutError
         sys.modules["filelock"] = stub
-    from samkit import sweep
+    from samkit.sweep import engine as sweep
     return sweep
 
 
@@ -128,8 +128,8 @@ def _data_root(args) -> str:
 
 def _prepare_data(args) -> str:
     """Unpack the Fashion-MNIST .gz files (--gz, default ./.fmnist if present) into the data
-    root, where samkit.data finds them (it checks their sha256 when it loads them)."""
-    from samkit import image_files
+    root, where samkit.data.datasets finds them (it checks their sha256 when it loads them)."""
+    from samkit.data import files as image_files
     root = Path(_data_root(args))
     gz = args.gz or (str(REPO / ".fmnist") if (REPO / ".fmnist").is_dir() else None)
     if gz:
@@ -170,9 +170,9 @@ def _trainer_pid(d: Path) -> int | None:
 
 def harvest_section(params_path: str, seeds, arms=None, dry_run: bool = False) -> dict:
     """The headline study's params section as the harvest trains it: params.yaml's gpu block
-    (validated by samkit.params), its seed axis set to ``seeds``, only the ``arms`` named (all
+    (validated by samkit.pipeline.params), its seed axis set to ``seeds``, only the ``arms`` named (all
     if None); --dry-run: toy size (DRY_BASE, epochs / DRY_EPOCH_DIVISOR)."""
-    from samkit import params as params_mod
+    from samkit.pipeline import params as params_mod
     block = copy.deepcopy(params_mod.load(params_path)[STUDY][PROFILE])
     block["grid"] = {**(block.get("grid") or {}), "seed": list(seeds)}
     if arms:
@@ -193,7 +193,7 @@ def harvest_section(params_path: str, seeds, arms=None, dry_run: bool = False) -
 def _arms(section: dict, device: str, compile_: str) -> list[dict]:
     """One entry per run: its tag, seed, run key and the config it trains with (the pipeline's
     config plus the execution-only fields device and compile, which leave the key alone)."""
-    from samkit import params as params_mod
+    from samkit.pipeline import params as params_mod
     sweep = _sweep()
     arms, keys = [], set()
     for cfg in params_mod.study_configs(STUDY, section, PROFILE):
@@ -253,7 +253,7 @@ def cmd_check(args) -> int:
     report = {"date": _now(), "facts": facts, "dry_run": args.dry_run}
     root = _prepare_data(args)
     try:
-        from samkit.data import load_data
+        from samkit.data.datasets import load_data
         data = load_data("fashion_mnist", root=root)
         report["data"] = f"fashion_mnist: {len(data.x_train)} training, {len(data.x_test)} test"
     except Exception as e:  # noqa: BLE001 - reported, and start would fail the same way
@@ -438,9 +438,9 @@ def cmd_train(args) -> int:
     print(f"{_now()} trainer {os.getpid()}: {len(arms)} runs on {manifest['device']}, compile "
           f"{manifest['compile']}, {manifest['concurrency']}", flush=True)
     # The data, loaded here once per distinct data config (the runs of the table share one):
-    # samkit.data's loader is not made for threads (its unpacking temp file is per process).
-    from samkit import train
-    from samkit.train import TrainConfig
+    # samkit.data.datasets's loader is not made for threads (its unpacking temp file is per process).
+    from samkit.train import loop as train
+    from samkit.train.config import TrainConfig
     loaded = {}
     try:
         for a in arms:
@@ -471,15 +471,15 @@ def cmd_train(args) -> int:
 
 
 def _data_key(cfg) -> tuple:
-    """What ``samkit.train.load_for`` reads of a config."""
+    """What ``samkit.train.loop.load_for`` reads of a config."""
     return (cfg.dataset, cfg.n_train, cfg.n_val, cfg.n_test, cfg.label_noise,
             cfg.effective_data_seed)
 
 
 def _train_run(arm, d: Path, manifest, progress: _Progress, concurrent: int, data) -> None:
-    from samkit import train
+    from samkit.train import loop as train
     from samkit.provenance import provenance
-    from samkit.train import TrainConfig
+    from samkit.train.config import TrainConfig
     sweep = _sweep()
     key, runs = arm["key"], d / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -497,7 +497,7 @@ def _train_run(arm, d: Path, manifest, progress: _Progress, concurrent: int, dat
         cfg = TrainConfig(**arm["config"])
         stream = torch.cuda.Stream() if cfg.device.startswith("cuda") else None
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            result = train.run(cfg, checkpoint=str(runs / f"{key}.ckpt"), data=data,
+            result = train.train(cfg, checkpoint=str(runs / f"{key}.ckpt"), data=data,
                                on_epoch=on_epoch)
         prov = provenance()
         if prov["commit"] == "unknown":  # no .git on the GPU machine: the commit start was given
@@ -634,7 +634,7 @@ def cmd_collect(args) -> int:
 def cmd_ingest(args) -> int:
     """Here, on a CPU machine: the fetched harvest into the repository's results."""
     sweep = _sweep()
-    from samkit.train import TrainConfig
+    from samkit.train.config import TrainConfig
     src, repo = Path(args.fetched), Path(args.repo).resolve()
     harvest = _read_json(src / "harvest.json")
     if not harvest or not harvest.get("manifest"):
@@ -673,7 +673,7 @@ def cmd_ingest(args) -> int:
         bench.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, bench / f.name)
         print(f"ingest: bench -> {(bench / f.name).relative_to(repo)}")
-    from samkit import params as params_mod
+    from samkit.pipeline import params as params_mod
     section = manifest["section"]
     configs = params_mod.study_configs(manifest["study"], section, manifest["profile"])
     missing = [c for c in configs if sweep._load_cached(c, str(cache)) is None]
@@ -682,12 +682,12 @@ def cmd_ingest(args) -> int:
               + ", ".join(f"{c.tag} seed {c.seed}" for c in missing)
               + " (not in the run cache yet): not written")
         return 1 if problems else 0
-    from samkit import studies
+    from samkit.pipeline.study import run_study
     cwd = os.getcwd()
     os.chdir(repo)  # studies read and write results/ relative to the repository
     try:
-        study = studies.run(manifest["study"], section, manifest["profile"], cache=str(cache),
-                            root=str(repo / "results"))
+        study = run_study(manifest["study"], section, manifest["profile"], cache=str(cache),
+                          root=str(repo / "results"))
     finally:
         os.chdir(cwd)
     table = study.analysis.tables.get("vs_blog")

@@ -45,7 +45,7 @@ reported time is the median over repetitions. Modes:
            SAM's optimizer stays eager (its .item() calls force host syncs). CUDA only.
   step-graph
            bf16-cl with the WHOLE step (both passes, ε, the restore, the BN freeze, the base
-           update) captured in ONE CUDA graph by samkit.graphs.GraphStep, the trainer's
+           update) captured in ONE CUDA graph by samkit.optim.graph_step.GraphStep, the trainer's
            compile="graph" path (static input buffers; the timed steps are replays);
            ref_sam runs eager bf16-cl (its .item() calls cannot be captured). CUDA only.
 
@@ -77,15 +77,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samkit.bn import bn_frozen
-from samkit.graphs import GraphStep
+from samkit.optim.bn import bn_frozen
+from samkit.optim.graph_step import GraphStep
 from samkit import models
 from samkit.provenance import cpu_model
 from samkit.atomic import write_json
 from samkit.models import count_params
 from samkit.provenance import git_commit
-from samkit.sam import SAM
-from samkit.sam_variants import LookSAM, MomentumSAM
+from samkit.optim.sam import SAM
+from samkit.optim.variants import LookSAM, MomentumSAM
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "samkit.bench.step_time/1"
@@ -105,7 +105,7 @@ MODES = {
              "(CUDA graphs), SGD.step / SAM.first_step / SAM.second_step torch.compile'd; "
              "ref_sam's optimizer eager",
     "step-graph": "bf16 autocast + channels_last; the whole step (both passes, eps, restore, "
-                  "BN freeze, base update) in ONE CUDA graph (samkit.graphs.GraphStep, the "
+                  "BN freeze, base update) in ONE CUDA graph (samkit.optim.graph_step.GraphStep, the "
                   "trainer's compile='graph'); ref_sam eager",
 }
 CUDA_ONLY_MODES = ("graph", "step-graph")

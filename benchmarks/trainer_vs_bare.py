@@ -4,7 +4,7 @@
 For each model and optimizer (SGD, SAM) two contenders train identical copies of one model on
 the same data tensors (already on the device), the same batch size and optimizer settings:
 
-  trainer  samkit.train.train_epoch, the epoch function the sweep runs (evaluation, checkpoints
+  trainer  samkit.train.loop.train_epoch, the epoch function the sweep runs (evaluation, checkpoints
            and the scheduler are outside it and are not timed).
   bare     ``bare_epoch`` below: the loop a user writes (README's "SAM in your training loop").
            Its SAM is samkit.SAM's first_step/second_step, not a hand-written perturbation: the
@@ -17,7 +17,7 @@ checks that the baseline is the same work and not a cheaper one.
 
 The config is params.yaml's research base (the cpu profile's width study: depth-2 MLP, batch
 128, lr 0.1, momentum 0.9, weight decay 1e-4, rho 0.05, 10k training images) at the widths
-asked; the data is Fashion-MNIST when samkit.data finds it ($SAMKIT_DATA or
+asked; the data is Fashion-MNIST when samkit.data.datasets finds it ($SAMKIT_DATA or
 ~/.cache/samkit/data; never downloaded here), else random tensors of its shape.
 
 A timed block is one epoch. After warm-up epochs the contenders alternate, the order rotating
@@ -43,14 +43,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from samkit import data as data_mod
-from samkit import params as params_mod
-from samkit import train
+from samkit.data import datasets as data_mod
+from samkit.pipeline import params as params_mod
+from samkit.train import loop as train
 from samkit.atomic import write_json
-from samkit.bn import bn_frozen
-from samkit.config import TrainConfig
+from samkit.optim.bn import bn_frozen
+from samkit.train.config import TrainConfig
 from samkit.models import count_params
-from samkit.sam import SAM
+from samkit.optim.sam import SAM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_time import MODEL_NAMES, _loadavg, bench_provenance, device_info  # noqa: E402
@@ -120,7 +120,7 @@ def make_config(spec, optimizer, depth, device, n_train=None) -> TrainConfig:
 
 
 def load_data(cfg, synthetic: bool):
-    """(Data, source): the config's Fashion-MNIST subset when samkit.data finds the files,
+    """(Data, source): the config's Fashion-MNIST subset when samkit.data.datasets finds the files,
     else random tensors of its shape (the timing does not depend on the pixel values)."""
     if not synthetic:
         try:
@@ -219,7 +219,7 @@ def _document(args, argv, name, slug, extra, load_before, t_start, source, resul
             "reps": args.reps, "warmup": args.warmup, "clock": args.clock, "quick": args.quick,
             "data": source, "config": "params.yaml width.cpu.base (research profile)"
             + (f", n_train {args.n_train}" if args.n_train else ""),
-            "block": "one epoch (samkit.train.train_epoch vs bare_epoch)",
+            "block": "one epoch (samkit.train.loop.train_epoch vs bare_epoch)",
             "statistic": "median epoch time over repetitions; contenders alternate, order "
                          "rotated every repetition; ratio = trainer img/s / bare img/s",
             "bare_sam": "samkit.SAM first_step/second_step, second pass under bn_frozen",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """1 vs 2 sweep workers on the same grid of runs: wall time, speed-up, identical numbers.
 
-Each sweep is ``samkit.sweep.run(configs, cache, workers=N)`` (what ``samkit sweep --workers N``
+Each sweep is ``samkit.sweep.engine.run_sweep(configs, cache, workers=N)`` (what ``samkit sweep --workers N``
 calls) in a fresh process (interpreter start, imports and data parsing counted for every sweep
 alike, as for a real ``samkit sweep``) on an empty temporary cache, so every run trains and
 nothing is read from a cache. The sweeps alternate 1, 2, 2, 1 workers (``--repeats`` pairs,
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from samkit import params as params_mod
-from samkit import sweep
+from samkit.pipeline import params as params_mod
+from samkit.sweep import engine as sweep
 from samkit.atomic import write_json
-from samkit.config import TrainConfig
+from samkit.train.config import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_time import _loadavg, bench_provenance, device_info  # noqa: E402  (step_time.py's provenance fields)
@@ -64,7 +64,7 @@ def grid(quick: bool, epochs: int) -> list[TrainConfig]:
 
 
 def _sweep(configs, cache, workers):  # the body of each fresh sweep process
-    sweep.run(configs, cache=cache, workers=workers, progress=False)
+    sweep.run_sweep(configs, cache=cache, workers=workers, progress=False)
 
 
 def timed_sweep(configs, workers) -> tuple[float, dict]:
@@ -164,7 +164,7 @@ def main(argv=None):
         "settings": {
             "quick": args.quick, "epochs": configs[0].epochs, "order": order,
             "runs": [c.key_dict() for c in configs],
-            "sweep": "samkit.sweep.run(configs, cache=<empty temp dir>, workers=N) in a fresh "
+            "sweep": "samkit.sweep.engine.run_sweep(configs, cache=<empty temp dir>, workers=N) in a fresh "
                      "process; wall time from its start to its exit",
             "compared": f"every stored result field except {', '.join(VOLATILE)}, as JSON text",
         },

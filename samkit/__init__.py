@@ -1,7 +1,7 @@
 """samkit: Sharpness-Aware Minimization done right, and the tools to study when it helps.
 
 ``import samkit`` imports nothing heavy: ``samkit.SAM`` and the other public names (and any
-submodule, e.g. ``samkit.sweep``) are imported on first use, so ``samkit --help`` answers
+submodule, e.g. ``samkit.sweep.engine``) are imported on first use, so ``samkit --help`` answers
 without importing torch, and a torch + numpy install (``pip install samkit``) never touches
 the study machinery (``pip install 'samkit[study]'``).
 """
@@ -12,10 +12,10 @@ import importlib.util
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "SAM": "sam",
-    "LookSAM": "sam_variants",
-    "MomentumSAM": "sam_variants",
-    "bn_frozen": "bn",
+    "SAM": "optim.sam",
+    "LookSAM": "optim.variants",
+    "MomentumSAM": "optim.variants",
+    "bn_frozen": "optim.bn",
     "PreActResNet18": "models",
     "MLP": "models",
     "one_hidden_relu": "models",

@@ -26,7 +26,7 @@ CLUSTER_MODULES = {"submitit"}
 
 
 def _help(name: str) -> str:
-    from .config import HELP
+    from samkit.train.config import HELP
     # A field added to TrainConfig without a line here still gets its flag (and the CLI works).
     return HELP.get(name, f"TrainConfig.{name}")
 
@@ -38,7 +38,7 @@ def _train_parser(sub, full: bool):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if not full:
         return
-    from .config import TrainConfig
+    from samkit.train.config import TrainConfig
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "early_stopping":  # None: on exactly when there is a validation split
@@ -57,7 +57,7 @@ def _train_parser(sub, full: bool):
 
 
 def cmd_train(args, parser):
-    from .config import TrainConfig
+    from samkit.train.config import TrainConfig
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if values["early_stopping"] is None:
         values["early_stopping"] = values["n_val"] > 0
@@ -75,15 +75,16 @@ def cmd_train(args, parser):
         os.environ["SAMKIT_DATA"] = args.data_root
     if importlib.util.find_spec("tqdm") is None:  # a torch + numpy install: no progress bar
         args.quiet = True
-    from .checkpoint import CheckpointError
-    from .train import load_for, run
+    from samkit.train.checkpoint import CheckpointError
+    from samkit.train.build import load_for
+    from samkit.train.loop import train
     try:  # a missing, corrupt or too small dataset: one line that says how to fix it
         data = load_for(cfg)
     except (OSError, RuntimeError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     try:
-        result = run(cfg, checkpoint=args.checkpoint, quiet=args.quiet, data=data)
+        result = train(cfg, checkpoint=args.checkpoint, quiet=args.quiet, data=data)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -93,9 +94,9 @@ def cmd_train(args, parser):
 
 
 def cmd_validate(args, parser):
-    from .params import MAX_CORE_HOURS, STUDIES, ParamsError, load
-    from .stage import params_errors
-    from . import sweep
+    from samkit.pipeline.params import MAX_CORE_HOURS, STUDIES, ParamsError, load
+    from samkit.pipeline.stage import params_errors
+    from samkit.sweep import engine as sweep
     try:
         params = load(args.params)
     except ParamsError as e:
@@ -114,9 +115,9 @@ def cmd_validate(args, parser):
 def _configs(params, profile, studies, lowest_seed: bool = False) -> dict:
     """{run key: config} of ``studies`` under ``profile``, each run once (studies share
     runs), in their order. ``lowest_seed``: only each study's lowest seed, the fixed sample
-    of the retrain check (samkit.robustness), chosen by rule and not by looking."""
-    from .params import study_configs
-    from . import sweep
+    of the retrain check (samkit.analysis.robustness), chosen by rule and not by looking."""
+    from samkit.pipeline.params import study_configs
+    from samkit.sweep import engine as sweep
     configs = {}
     for name in studies:
         runs = study_configs(name, params[name], profile)
@@ -128,10 +129,10 @@ def _configs(params, profile, studies, lowest_seed: bool = False) -> dict:
 
 
 def _over_budget(what, configs, cache, params, params_path, yes, workers=None) -> bool:
-    """Print the runs ``cache`` lacks and their estimated cost (samkit.sweep.estimate); True,
+    """Print the runs ``cache`` lacks and their estimated cost (samkit.sweep.engine.estimate); True,
     after one ``error:`` line, when that is over params' max_core_hours and not ``yes``."""
-    from .params import MAX_CORE_HOURS
-    from . import sweep
+    from samkit.pipeline.params import MAX_CORE_HOURS
+    from samkit.sweep import engine as sweep
     todo, hours = sweep.estimate(configs, cache)
     if not todo:
         return False
@@ -151,11 +152,11 @@ def _over_budget(what, configs, cache, params, params_path, yes, workers=None) -
 def cmd_sweep(args, parser):
     """Train every missing run of the chosen studies into the run cache (no notebooks): the
     long part of `dvc repro`, run on its own, e.g. under nohup; rerun it to resume."""
-    from .checkpoint import CheckpointError
-    from .params import ParamsError, STUDIES, load
-    from .signals import interrupts_forwarded
-    from .stage import params_errors
-    from . import sweep
+    from samkit.train.checkpoint import CheckpointError
+    from samkit.pipeline.params import ParamsError, STUDIES, load
+    from samkit.pipeline.signals import interrupts_forwarded
+    from samkit.pipeline.stage import params_errors
+    from samkit.sweep import engine as sweep
     try:
         params = load(args.params)
         profile = args.profile or params["profile"]
@@ -174,7 +175,7 @@ def cmd_sweep(args, parser):
         return 2
     try:
         with interrupts_forwarded() as stop:
-            runs = sweep.run(list(configs.values()), cache=args.cache, workers=args.workers)
+            runs = sweep.run_sweep(list(configs.values()), cache=args.cache, workers=args.workers)
     except (sweep.CacheError, CheckpointError, sweep.WorkerFailed) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
@@ -190,8 +191,8 @@ def cmd_sweep(args, parser):
 
 
 def cmd_stage(args, parser):
-    from .params import ParamsError, STUDIES, load
-    from .stage import PAGES, run
+    from samkit.pipeline.params import ParamsError, STUDIES, load
+    from samkit.pipeline.stage import PAGES, run_stage
     if args.study not in (*STUDIES, *PAGES):  # as argparse's choices would say it
         parser.error(f"argument study: invalid choice: {args.study!r} (choose from "
                      f"{', '.join(map(repr, (*STUDIES, *PAGES)))})")
@@ -207,7 +208,7 @@ def cmd_stage(args, parser):
     if why:  # before the stage touches anything here
         print(f"error: {why}", file=sys.stderr)
         return 2
-    status = run(args.study, args.params, args.verbose)
+    status = run_stage(args.study, args.params, args.verbose)
     if status > 128:
         # Interrupted, outputs restored: leave now. The interpreter's teardown (papermill's
         # kernel client, zmq) takes over a second on a busy machine, and Ctrl-C waits for it.
@@ -220,7 +221,7 @@ def cmd_stage(args, parser):
 def cmd_cache(args, parser):
     """seal: add the sha256 checksum to every stored result that lacks one (results stored
     before checksums existed; run it once, when no sweep is writing); verify: check them all."""
-    from . import sweep
+    from samkit.sweep import engine as sweep
     if not os.path.isdir(args.cache):
         print(f"error: --cache: got {args.cache!r}; allowed: a folder of stored results",
               file=sys.stderr)
@@ -308,8 +309,8 @@ def main(argv=None):
     choices = None
     if command == "stage" and {"-h", "--help"} & set(argv):  # else cmd_stage checks the name
         try:
-            from .params import STUDIES
-            from .stage import PAGES
+            from samkit.pipeline.params import STUDIES
+            from samkit.pipeline.stage import PAGES
             choices = (*STUDIES, *PAGES)
         except ModuleNotFoundError:  # no study extra: the command itself says so
             pass

@@ -48,7 +48,7 @@ def one_thread():
 def interrupt_run(cfg, ckpt, monkeypatch, at_epoch: int = 2) -> dict:
     """Train ``cfg`` with checkpoints at ``ckpt`` and kill it (KeyboardInterrupt) as epoch
     ``at_epoch`` starts; returns the checkpoint it left."""
-    from samkit import train
+    from samkit.train import loop as train
     real_epoch = train.train_epoch
 
     def dying_epoch(cfg, model, opt, loss_fn, data, epoch, *args, **kwargs):
@@ -58,7 +58,7 @@ def interrupt_run(cfg, ckpt, monkeypatch, at_epoch: int = 2) -> dict:
 
     monkeypatch.setattr(train, "train_epoch", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, checkpoint=ckpt)
+        train.train(cfg, checkpoint=ckpt)
     monkeypatch.setattr(train, "train_epoch", real_epoch)
     return torch.load(ckpt, weights_only=False)
 

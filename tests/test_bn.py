@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samkit.bn import bn_frozen
-from samkit.sam import SAM
+from samkit.optim.bn import bn_frozen
+from samkit.optim.sam import SAM
 
 DT = torch.float64
 

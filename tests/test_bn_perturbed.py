@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from samkit import SAM
-from samkit.bn import PERTURBED_PASS, running_stats_drift
-from samkit.config import TrainConfig
-from samkit.graphs import train_step
+from samkit.optim.bn import PERTURBED_PASS, running_stats_drift
+from samkit.train.config import TrainConfig
+from samkit.optim.graph_step import train_step
 import contextlib
 import torch.nn.functional as F
 

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from samkit.train import TrainConfig
+from samkit.train.config import TrainConfig
 
 
 def samkit(*args):
@@ -40,7 +40,7 @@ def test_bad_flag_value_is_one_line_and_exit_2():
 
 def test_book_copy_hides_both_parameter_cells_and_keeps_the_injected_values(tmp_path):
     import nbformat
-    from samkit.stage import _hide_default_parameters
+    from samkit.pipeline.stage import _hide_default_parameters
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('profile = "tiny"', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["injected-parameters"]}),

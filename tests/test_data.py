@@ -1,4 +1,4 @@
-"""Tests for samkit.data (and the image_files, sampling and toy_data modules it puts
+"""Tests for samkit.data.datasets (and the image_files, sampling and toy_data modules it puts
 together). Never touch the network: every download is replaced by a failure,
 and fixture files are written in the real formats by independent writers below."""
 import gzip
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from samkit import image_files
-from samkit import toy_data
-from samkit.data import augment, load_data
+from samkit.data import files as image_files
+from samkit.data import toy as toy_data
+from samkit.data.datasets import augment, load_data
 
 DEBIAN = image_files.DEBIAN_FASHION_DIR
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -452,7 +452,7 @@ def test_datasets_live_in_one_per_user_folder_whatever_the_working_directory(mon
                                                                                 tmp_path):
     """Not ./data of wherever a command runs: $SAMKIT_DATA, else $XDG_CACHE_HOME/samkit/data
     (~/.cache/samkit/data)."""
-    from samkit import data
+    from samkit.data import datasets as data
     monkeypatch.delenv("SAMKIT_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
@@ -466,7 +466,7 @@ def test_datasets_live_in_one_per_user_folder_whatever_the_working_directory(mon
 
 def test_a_core_install_without_torchvision_says_what_to_install(tmp_path, monkeypatch):
     from pathlib import Path
-    from samkit import image_files
+    from samkit.data import files as image_files
 
     def no_torchvision(*a, **k):
         raise ModuleNotFoundError("No module named 'torchvision'")

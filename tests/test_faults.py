@@ -34,9 +34,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from samkit import plots, results, stats, sweep  # noqa: E402
-from samkit import image_files  # noqa: E402
-from samkit.train import TrainConfig  # noqa: E402
+from samkit.analysis import plots, stats
+from samkit.pipeline import results
+from samkit.sweep import engine as sweep  # noqa: E402
+from samkit.data import files as image_files  # noqa: E402
+from samkit.train.config import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, BATCHES_PER_EPOCH = 4, 8   # the child's configs: n_train 256, batch 32
@@ -52,8 +54,9 @@ FORK_SERVER = r'''
 import io, json, os, sys, time, traceback
 
 import torch
-from samkit import sweep, train
-from samkit.train import TrainConfig
+from samkit.sweep import engine as sweep
+from samkit.train import loop as train
+from samkit.train.config import TrainConfig
 
 BASE = dict(dataset="synthetic", model="mlp", width=8, n_train=256, n_val=64, batch_size=32,
             epochs=4, lr=0.05, schedule="step", device="cpu")
@@ -132,7 +135,7 @@ def sweep_main(cache):
     while go and not os.path.exists(go):
         time.sleep(0.01)
     t0 = time.time()
-    df = sweep.run(configs, cache=cache, progress=False, workers=1)  # hooks are in-process
+    df = sweep.run_sweep(configs, cache=cache, progress=False, workers=1)  # hooks are in-process
     cached = {k: bool(c) for k, c in zip(df["key"], df["cached"])}
     rows = df.drop(columns=["seconds", "train_seconds", "cached"]).to_dict(orient="records")
     out = {"rows": rows, "cached": cached, "seconds": time.time() - t0}
@@ -448,7 +451,7 @@ TRAIN_ARGS = ["train", "--dataset", "fashion_mnist", "--model", "mlp", "--width"
 # `python -m samkit` on a machine without network and without the Debian package.
 OFFLINE = r'''
 import sys, pathlib
-import samkit.image_files as files
+import samkit.data.files as files
 
 def offline(name, root):
     raise OSError("[Errno 101] Network is unreachable")
@@ -531,7 +534,7 @@ def test_corrupt_data_makes_a_sweep_fail_loudly_and_store_nothing(fmnist_raw, tm
                       n_test=100, epochs=1, device="cpu")
     cache = tmp_path / "runs"
     with pytest.raises(RuntimeError, match="corrupt file .*train-images-idx3-ubyte.*Delete it"):
-        sweep.run([cfg], cache=str(cache), progress=False)
+        sweep.run_sweep([cfg], cache=str(cache), progress=False)
     assert not [f for f in os.listdir(cache) if not f.endswith(".lock")]
 
 
@@ -545,7 +548,7 @@ def test_divergence_is_recorded_kept_in_tables_and_marked_on_the_figure(tmp_path
                            lr=1e8 if (w, o, s) in absurd else 0.05)
                for w in (8, 16, 32) for s in (0, 1) for o in ("sgd", "sam")]
     cache = str(tmp_path / "runs")
-    runs = sweep.run(configs, cache=cache, progress=False)
+    runs = sweep.run_sweep(configs, cache=cache, progress=False)
     assert len(runs) == 12   # the sweep went on after each divergence
     for _, r in runs.iterrows():
         full = sweep.load_result(r["key"], cache)
@@ -556,7 +559,7 @@ def test_divergence_is_recorded_kept_in_tables_and_marked_on_the_figure(tmp_path
         else:
             assert r["status"] == "ok" and r["best_test_loss"] < 10
             assert len(full["history"]) == 3
-    again = sweep.run(configs, cache=cache, progress=False)   # diverged runs are cached too
+    again = sweep.run_sweep(configs, cache=cache, progress=False)   # diverged runs are cached too
     assert again["cached"].all() and (again["status"] == runs["status"]).all()
 
     gain = stats.paired(runs, "best_test_loss", {"optimizer": "sam"}, {"optimizer": "sgd"},

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import TOY_SIMPLICITY_PARAMS
 
-from samkit import sweep
-from samkit.train import TrainConfig
+from samkit.sweep import engine as sweep
+from samkit.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = dict(dataset="synthetic", model="mlp", width=4, n_train=32, batch_size=16, epochs=2,
@@ -74,13 +74,13 @@ def _refuse_writes_under(monkeypatch, folder):
 def test_a_fully_cached_sweep_reads_a_read_only_cache(tmp_path, monkeypatch, one_thread):
     cache = tmp_path / "runs"
     configs = [TrainConfig(**BASE, optimizer=o, seed=s) for o in ("sgd", "sam") for s in (0, 1)]
-    first = sweep.run(configs, cache=str(cache), progress=False, workers=1)
+    first = sweep.run_sweep(configs, cache=str(cache), progress=False, workers=1)
     before = {f: (cache / f).read_bytes() for f in sorted(os.listdir(cache))}
 
     _refuse_writes_under(monkeypatch, cache)
     with pytest.raises(PermissionError):   # the guard works: a lock could not be taken
         open(cache / "probe.lock", "a")
-    again = sweep.run(configs, cache=str(cache), progress=False)
+    again = sweep.run_sweep(configs, cache=str(cache), progress=False)
     assert again["cached"].all() and len(again) == 4
     assert again["key"].tolist() == first["key"].tolist()
     for cfg in configs:                     # one run, as a notebook or a worker asks for it

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samkit import params as params_mod
-from samkit import sweep, train
+from samkit.pipeline import params as params_mod
+from samkit.sweep import engine as sweep
+from samkit.train import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -176,7 +177,7 @@ def start_mid_run(work, *cmd, **kw):
 def sweep_workers(work):
     """The live sweep worker processes started in ``work``."""
     return [pid for pid in _processes_of(work)
-            if b"samkit.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            if b"samkit.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def finish(proc, timeout=600):

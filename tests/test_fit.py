@@ -2,8 +2,9 @@
 import pandas as pd
 import pytest
 
-from samkit import fit, robustness, stats
-from samkit.studies import Analysis, Claim
+from samkit.measure import fit
+from samkit.analysis import robustness, stats
+from samkit.analysis.claims import Analysis, Claim
 
 
 def _result(accs, clean=None, status="ok"):

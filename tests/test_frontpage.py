@@ -1,5 +1,5 @@
 """The front page's computed advice from the frontier study's saved facts."""
-from samkit import frontpage
+from samkit.pipeline import frontpage
 
 
 def meta(cheapest: dict) -> dict:

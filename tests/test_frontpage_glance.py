@@ -11,7 +11,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from samkit import fmt, frontpage, sources  # noqa: E402
+from samkit.analysis import fmt, sources
+from samkit.pipeline import frontpage  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROBUST = {"fragile": False, "shown": "robust", "leave_one_out": "holds", "retrain": "holds"}

@@ -12,8 +12,9 @@ import sys
 
 import pytest
 
-from samkit import sweep
-from samkit.train import TrainConfig, run
+from samkit.sweep import engine as sweep
+from samkit.train.config import TrainConfig
+from samkit.train.loop import train
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "runs.json")
 CONFIGS = {
@@ -33,7 +34,7 @@ REL_TOL = 1e-4
 
 
 def golden_numbers(name: str) -> list[float]:
-    result = run(TrainConfig(**CONFIGS[name]))
+    result = train(TrainConfig(**CONFIGS[name]))
     return [v for h in result["history"] for k, v in sorted(h.items())
             if isinstance(v, float) and k != "lr"]
 
@@ -48,7 +49,7 @@ def test_training_numerics_unchanged(name, fmnist_root, one_thread):
     got, want = golden_numbers(name), stored["runs"][name]
     assert len(got) == len(want) and all(
         math.isclose(g, w, rel_tol=REL_TOL, abs_tol=1e-7) for g, w in zip(got, want)), (
-        f"training numerics changed ({name}): bump NUMERICS_VERSION in samkit/sweep.py and "
+        f"training numerics changed ({name}): bump NUMERICS_VERSION in samkit/sweep/engine.py and "
         "regenerate tests/golden/runs.json (python tests/test_golden.py)")
 
 

@@ -1,6 +1,6 @@
 """CUDA checks: bf16 autocast SAM against fp32, fp16 + GradScaler with an overflow in either
 pass, bn_frozen on CUDA BatchNorm (cuDNN, channels_last), and the whole step captured in ONE
-CUDA graph (samkit.graphs.GraphStep, the trainer's compile="graph") against the eager step.
+CUDA graph (samkit.optim.graph_step.GraphStep, the trainer's compile="graph") against the eager step.
 
 Marked gpu and skipped without CUDA; `python benchmarks/gpu_harvest.py check` runs them first
 thing on a GPU machine (and its `start` falls back to eager training if a graph test fails).
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samkit import train
-from samkit.bn import bn_frozen
-from samkit.graphs import GraphStep
-from samkit.sam import SAM
-from samkit.sam_variants import LookSAM, MomentumSAM
-from samkit.train import TrainConfig
+from samkit.train import loop as train
+from samkit.optim.bn import bn_frozen
+from samkit.optim.graph_step import GraphStep
+from samkit.optim.sam import SAM
+from samkit.optim.variants import LookSAM, MomentumSAM
+from samkit.train.config import TrainConfig
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -195,7 +195,7 @@ OPTIMIZERS = {
 
 
 def _eager_step(model, opt, x, y, autocast):
-    """The trainer's eager step (samkit.train.train_epoch), written out."""
+    """The trainer's eager step (samkit.train.loop.train_epoch), written out."""
     if isinstance(opt, MomentumSAM):
         opt.first_step(zero_grad=True)
     with autocast():
@@ -258,8 +258,8 @@ def test_graph_training_equals_eager_training(optimizer):
     every epoch); the run key is the eager run's."""
     kw = dict(dataset="synthetic", model="mlp", width=16, n_train=100, epochs=4, batch_size=16,
               schedule="step", optimizer=optimizer, device="cuda")
-    eager = train.run(TrainConfig(**kw))
-    graphed = train.run(TrainConfig(**kw, compile="graph"))
+    eager = train.train(TrainConfig(**kw))
+    graphed = train.train(TrainConfig(**kw, compile="graph"))
     assert TrainConfig(**kw).key_dict() == TrainConfig(**kw, compile="graph").key_dict()
     assert graphed["grad_evals"] == eager["grad_evals"] == train.derived_grad_evals(
         TrainConfig(**kw), 4)

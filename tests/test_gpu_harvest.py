@@ -2,7 +2,7 @@
 allocations:
 
 * TrainConfig.compile: validation, and run keys that stay the eager run's;
-* samkit.graphs' bookkeeping (warm-up per step kind, static inputs, a new capture when the LR
+* samkit.optim.graph_step' bookkeeping (warm-up per step kind, static inputs, a new capture when the LR
   changes, eager short batches, the SAM counters a replay must advance), with a stand-in for
   CUDA whose "capture" runs the step's Python once and undoes its numbers, and whose "replay"
   runs the step again without its Python side effects: the trainer's compile="graph" must then
@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from samkit import graphs, sweep, train
-from samkit.train import TrainConfig
+from samkit.optim import graph_step as graphs
+from samkit.sweep import engine as sweep
+from samkit.train import loop as train
+from samkit.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NO_GPU = "compile: got 'graph' on device cpu; allowed: eager (CUDA graphs need a GPU)"
@@ -53,7 +55,7 @@ def test_compile_is_validated_in_one_line():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: graph runs there")
 def test_graph_without_cuda_is_one_clear_error():
     with pytest.raises(ValueError) as e:  # device auto resolves to the CPU here
-        train.run(TrainConfig(dataset="synthetic", model="mlp", width=4, n_train=16, epochs=1,
+        train.train(TrainConfig(dataset="synthetic", model="mlp", width=4, n_train=16, epochs=1,
                               compile="graph"))
     assert str(e.value) == NO_GPU
 
@@ -112,7 +114,7 @@ class _FakeGraph:
 
 
 class _FakeCuda:
-    """samkit.graphs' CUDA calls, on a CPU: streams are nothing; a capture runs the step's Python
+    """samkit.optim.graph_step' CUDA calls, on a CPU: streams are nothing; a capture runs the step's Python
     once and puts every tensor back (a capture launches no kernel), and must create no new
     state (the eager warm-up made it all)."""
 
@@ -166,8 +168,8 @@ SYN = dict(dataset="synthetic", model="mlp", width=8, n_train=50, epochs=5, batc
                                 dict(optimizer="sam", bf16=True)],
                          ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
 def test_graph_path_gives_the_eager_numbers(kw, fake_cuda, one_thread):
-    eager = train.run(TrainConfig(**SYN, **kw))
-    graphed = train.run(TrainConfig(**SYN, **kw, compile="graph"))
+    eager = train.train(TrainConfig(**SYN, **kw))
+    graphed = train.train(TrainConfig(**SYN, **kw, compile="graph"))
     assert fake_cuda.captures >= 2 and fake_cuda.replays >= 5, vars(fake_cuda)
     assert graphed["history"] == eager["history"]
     assert graphed["grad_evals"] == eager["grad_evals"]
@@ -176,8 +178,8 @@ def test_graph_path_gives_the_eager_numbers(kw, fake_cuda, one_thread):
 def test_graph_path_with_batchnorm_and_augmentation(fmnist_root, fake_cuda, one_thread):
     kw = dict(model="preact_resnet18", width=2, n_train=40, n_test=40, batch_size=16,
               augment=True, epochs=3, schedule="step", optimizer="sam")
-    eager = train.run(TrainConfig(**kw))
-    graphed = train.run(TrainConfig(**kw, compile="graph"))
+    eager = train.train(TrainConfig(**kw))
+    graphed = train.train(TrainConfig(**kw, compile="graph"))
     assert fake_cuda.replays >= 1
     assert graphed["history"] == eager["history"]
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, hessian
 
-from samkit.hessian import hvp_fn, hessian_trace, nonuniformity, sharpness, top_eigenvalue
+from samkit.measure.hessian import hvp_fn, hessian_trace, nonuniformity, sharpness, top_eigenvalue
 from samkit.models import MLP, PreActResNet18
 
 N = 12

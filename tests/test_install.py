@@ -128,7 +128,7 @@ def test_import_samkit_loads_nothing_heavy_until_a_name_is_used():
     assert r.returncode == 0, r.stderr
     on_import, after_use, module, torch_loaded = json.loads(r.stdout)
     assert on_import == []                    # not even torch: `import samkit` is instant
-    assert module == "samkit.sam" and torch_loaded
+    assert module == "samkit.optim.sam" and torch_loaded
     # torch.hub imports tqdm where it is installed: that is torch's, not samkit's
     assert [m for m in after_use if m != "tqdm"] == []
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from samkit import params
+from samkit.pipeline import params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(REPO, "params.yaml")) as f:
@@ -279,10 +279,10 @@ def test_validate_reports_every_problem_of_every_profile_at_once(tmp_path):
 
 
 def test_every_config_field_has_its_help_text():
-    """The CLI's help comes from samkit.config.HELP: a new field must say what it does."""
-    from samkit import config
+    """The CLI's help comes from samkit.train.config.HELP: a new field must say what it does."""
+    from samkit.train import config
     missing = [f for f in config.FIELD_TYPES if f not in config.HELP]
-    assert not missing, f"samkit.config.HELP lacks: {missing}"
+    assert not missing, f"samkit.train.config.HELP lacks: {missing}"
 
 
 def test_an_empty_params_file_is_one_clear_error(tmp_path):
@@ -321,9 +321,9 @@ def test_the_estimate_scales_measured_runs_by_passes(tmp_path):
     """A stored sgd run of width 5 that took 60 s for 20 epochs of 12 examples (one full batch
     a step): 0.25 s per example and pass. SAM takes two passes a step, and 40 epochs twice the
     steps; width 10, not measured, is scaled from the nearest width by (10/5)^2; a model the
-    cache never ran takes samkit.sweep.REFERENCE_RATES."""
-    from samkit import sweep
-    from samkit.config import TrainConfig
+    cache never ran takes samkit.sweep.engine.REFERENCE_RATES."""
+    from samkit.sweep import engine as sweep
+    from samkit.train.config import TrainConfig
     base = yaml.safe_load(TOY.replace("EPOCHS", "20").replace("SEEDS", "[0]")
                           .replace("MAX", ""))["simplicity"]["quick"]["base"]
     cfg = TrainConfig(**base, width=5, optimizer="sgd")

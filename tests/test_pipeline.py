@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import chromium_screenshot
-from samkit import params
+from samkit.pipeline import params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))

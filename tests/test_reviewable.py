@@ -16,8 +16,9 @@ import nbformat
 import pytest
 import yaml
 
-from samkit import params as params_mod, results, sweep
-from samkit.stage import _strip_run_noise
+from samkit.pipeline import params as params_mod, results
+from samkit.sweep import engine as sweep
+from samkit.pipeline.stage import _strip_run_noise
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -156,7 +157,7 @@ def test_make_repro_ends_with_the_line_and_make_retrain_keeps_the_old_cache():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "touch .venv/.repro-start" and "dvc repro" in lines[1]
-    assert lines[-1] == ".venv/bin/python -m samkit.results .venv/.repro-start", lines
+    assert lines[-1] == ".venv/bin/python -m samkit.pipeline.results .venv/.repro-start", lines
     r = subprocess.run(["make", "-n", "-o", "setup", "retrain"], cwd=REPO,
                        capture_output=True, text=True, timeout=60, env=_outside_make())
     assert r.returncode == 0, r.stderr

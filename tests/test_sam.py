@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samkit.bn import bn_frozen
-from samkit.sam import SAM
+from samkit.optim.bn import bn_frozen
+from samkit.optim.sam import SAM
 
 DT = torch.float64
 TOL = dict(rtol=0, atol=1e-12)
@@ -942,8 +942,8 @@ def _token_batches(n, seed=3):
 
 def _force_copy_path(monkeypatch):
     """Take the accelerator code path (copy w, add ε in place, copy back) on CPU."""
-    import samkit.sam
-    monkeypatch.setattr(samkit.sam, "_all_on_cpu", lambda params, scale: False)
+    import samkit.optim.sam
+    monkeypatch.setattr(samkit.optim.sam, "_all_on_cpu", lambda params, scale: False)
 
 
 @pytest.mark.parametrize("path", ["swap", "copy"])

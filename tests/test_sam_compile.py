@@ -3,7 +3,7 @@
 Dynamo (torch 2.14) drops attribute writes on optimizer objects: a traced SAM step used to
 forget w and update from w + ε (max |Δw| 2e-1 against eager after 3 steps of an MLP, with
 backend="eager", i.e. in the tracing). The steps now run eagerly inside the compiled function.
-Each case compiles samkit's one training step (samkit.graphs.train_step, what the trainer runs)
+Each case compiles samkit's one training step (samkit.optim.graph_step.train_step, what the trainer runs)
 or ``opt.step(closure)`` and checks 10 steps against the float64 re-derivations of
 tests/test_sam.py and tests/test_sam_variants.py.
 
@@ -20,9 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samkit.graphs import train_step
-from samkit.sam import SAM
-from samkit.sam_variants import LookSAM, MomentumSAM
+from samkit.optim.graph_step import train_step
+from samkit.optim.sam import SAM
+from samkit.optim.variants import LookSAM, MomentumSAM
 from test_sam import _ref_sgd
 from test_sam_variants import (SGD_HP, _assert_weights, _batches, _hp, _mlp, _ref_interval,
                                _ref_looksam, _ref_msam)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samkit.sam import SAM
+from samkit.optim.sam import SAM
 from test_sam import DT, TOL, _assert_weights, _batches, _grads, _mlp, _ref_sgd
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samkit.bn import bn_frozen
-from samkit.sam import SAM
-from samkit.sam_variants import LookSAM, MomentumSAM
+from samkit.optim.bn import bn_frozen
+from samkit.optim.sam import SAM
+from samkit.optim.variants import LookSAM, MomentumSAM
 
 DT = torch.float64
 TOL = dict(rtol=0, atol=1e-12)

@@ -1,4 +1,4 @@
-"""samkit.cluster against a real SLURM: a single-node cluster (Debian's slurmctld, slurmd and
+"""samkit.sweep.cluster against a real SLURM: a single-node cluster (Debian's slurmctld, slurmd and
 munge, started here as root; controller and node at 127.0.0.1 on free ports, a munge key and
 socket of their own: the system's /etc/slurm and /etc/munge are not used) runs two submitit
 jobs that share one run cache.
@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from samkit import sweep
-from samkit.train import TrainConfig
+from samkit.sweep import engine as sweep
+from samkit.train.config import TrainConfig
 
 TINY = dict(dataset="synthetic", n_train=64, model="mlp", width=8, epochs=2, batch_size=16,
             device="cpu", n_test=0)
@@ -208,7 +208,7 @@ def test_two_slurm_jobs_train_disjoint_runs_into_one_cache(slurm, tmp_path):
     job trains exactly its share, every run once, all four land in the one cache, and
     their numbers equal a serial in-process sweep's."""
     submitit = pytest.importorskip("submitit")
-    from samkit import cluster
+    from samkit.sweep import cluster
     # Without slurmdbd, sacct has no records: submitit warns on every poll and goes by the
     # result files its jobs write, which is all this needs.
     quiet = logging.getLogger("submitit")
@@ -244,9 +244,9 @@ def _submit_and_check(slurm, tmp_path, submitit, cluster):
     assert not any(r["cached"] for r in reports)
     assert sorted(f.name for f in cache.iterdir()) == sorted(f"{k}.json" for k in keys)
 
-    got = sweep.run(cfgs, cache=str(cache), progress=False)
+    got = sweep.run_sweep(cfgs, cache=str(cache), progress=False)
     assert got["cached"].all()   # nothing left to train: the jobs stored every run
-    serial = sweep.run(cfgs, cache=str(tmp_path / "serial"), workers=1, progress=False)
+    serial = sweep.run_sweep(cfgs, cache=str(tmp_path / "serial"), workers=1, progress=False)
     cols = [c for c in got.columns if c.startswith(("final_", "best_"))]
     assert cols
     pd.testing.assert_frame_equal(got[cols], serial[cols])

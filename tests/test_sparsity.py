@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samkit.bn import bn_frozen
+from samkit.optim.bn import bn_frozen
 from samkit.models import MLP, PreActResNet18, count_params
-from samkit.sam import SAM
-from samkit.sparsity import (PRUNERS, apply_masks, prunable, prune, random_masks, saved_masks,
-                             snip_masks, sparsity_for_params)
+from samkit.optim.sam import SAM
+from samkit.measure.sparsity import (PRUNERS, apply_masks, prunable, prune, random_masks,
+                                     saved_masks, snip_masks, sparsity_for_params)
 
 
 def mlp():

@@ -1,11 +1,11 @@
-"""samkit.stats against scipy and analytic cases; the verdict rule on planted intervals."""
+"""samkit.analysis.stats against scipy and analytic cases; the verdict rule on planted intervals."""
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from samkit import stats
-from samkit.studies import Claim
+from samkit.analysis import stats
+from samkit.analysis.claims import Claim
 
 
 def test_mean_effect_is_scipys_paired_t_interval():

@@ -8,7 +8,7 @@ import pytest
 
 from scipy import stats
 
-from samkit import fit
+from samkit.measure import fit
 from samkit.studies import fitspeed
 
 PARAMS = {64: 55_000, 2048: 5_800_000}

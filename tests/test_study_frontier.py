@@ -8,7 +8,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from samkit import frontpage  # noqa: E402
+from samkit.pipeline import frontpage  # noqa: E402
 from samkit.studies import frontier  # noqa: E402
 
 WIDTHS = {32: 1000, 512: 16000}          # width: params

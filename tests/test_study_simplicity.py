@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samkit import studies, sweep
+from samkit import studies
+from samkit.sweep import engine as sweep
 from samkit.studies import simplicity
 
 GRID = np.linspace(-1.4, 1.5, 401)

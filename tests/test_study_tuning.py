@@ -81,7 +81,7 @@ def test_every_profile_holds_the_fixed_recipe_in_every_arm(profile):
     contain it, or that comparison would be silently empty."""
     import dataclasses
     import os
-    from samkit import params
+    from samkit.pipeline import params
     raw = params.load(os.path.join(os.path.dirname(__file__), "..", "params.yaml"))
     configs = params.study_configs("tuning", raw["tuning"], profile)
     runs = pd.DataFrame([dataclasses.asdict(c) for c in configs])

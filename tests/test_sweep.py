@@ -7,8 +7,9 @@ import sys
 import pandas as pd
 import pytest
 
-from samkit import provenance, sweep
-from samkit.train import TrainConfig
+from samkit import provenance
+from samkit.sweep import engine as sweep
+from samkit.train.config import TrainConfig
 
 TINY = dict(dataset="synthetic", n_train=64, model="mlp", width=8, epochs=2, batch_size=16,
             device="cpu", n_test=0)
@@ -33,9 +34,9 @@ def test_run_key_ignores_execution_fields():
 
 def test_cache_runs_only_what_is_missing(tmp_path):
     cache = str(tmp_path / "runs")
-    first = sweep.run([TrainConfig(**TINY, seed=s) for s in (0, 1)], cache=cache, progress=False)
+    first = sweep.run_sweep([TrainConfig(**TINY, seed=s) for s in (0, 1)], cache=cache, progress=False)
     assert not first["cached"].any()
-    second = sweep.run([TrainConfig(**TINY, seed=s) for s in (0, 1, 2)], cache=cache,
+    second = sweep.run_sweep([TrainConfig(**TINY, seed=s) for s in (0, 1, 2)], cache=cache,
                        progress=False)
     assert second["cached"].tolist() == [True, True, False]
     pd.testing.assert_frame_equal(first.drop(columns="cached"),
@@ -50,16 +51,16 @@ def test_cache_runs_only_what_is_missing(tmp_path):
 def test_a_result_of_an_older_format_is_retrained(tmp_path):
     cache = str(tmp_path / "runs")
     cfg = TrainConfig(**TINY)
-    sweep.run([cfg], cache=cache, progress=False)
+    sweep.run_sweep([cfg], cache=cache, progress=False)
     path = os.path.join(cache, f"{sweep.run_key(cfg)}.json")
     with open(path) as f:
         stored = json.load(f)
     old = {k: v for k, v in stored.items() if k not in ("format", "train_seconds")}
     with open(path, "w") as f:
         json.dump(old, f)  # as written before train_seconds existed
-    again = sweep.run([cfg], cache=cache, progress=False)
+    again = sweep.run_sweep([cfg], cache=cache, progress=False)
     assert not again["cached"].any() and again["train_seconds"].notna().all()
-    assert sweep.run([cfg], cache=cache, progress=False)["cached"].all()
+    assert sweep.run_sweep([cfg], cache=cache, progress=False)["cached"].all()
 
 
 def test_commit_is_dirty_only_for_code_changes(tmp_path, monkeypatch):
@@ -90,8 +91,8 @@ def test_workers_give_bit_identical_results_to_a_serial_sweep(tmp_path):
     """Two worker processes (one thread each) and one in-process run: same numbers, all runs
     trained once; the result's key is config + NUMERICS_VERSION."""
     cfgs = [TrainConfig(**TINY, seed=s, optimizer=o) for s in (0, 1) for o in ("sgd", "sam")]
-    serial = sweep.run(cfgs, cache=str(tmp_path / "a"), workers=1, progress=False)
-    parallel = sweep.run(cfgs, cache=str(tmp_path / "b"), workers=2, progress=False)
+    serial = sweep.run_sweep(cfgs, cache=str(tmp_path / "a"), workers=1, progress=False)
+    parallel = sweep.run_sweep(cfgs, cache=str(tmp_path / "b"), workers=2, progress=False)
     assert not parallel["cached"].any()
     cols = [c for c in serial.columns if c.startswith(("final_", "best_"))]
     pd.testing.assert_frame_equal(serial[cols], parallel[cols])
@@ -119,15 +120,15 @@ def test_cluster_jobs_share_the_runs_through_the_cache(tmp_path):
     """submitit's local executor stands in for SLURM: 2 jobs, disjoint shares, one cache;
     the sweep afterwards finds every run cached and equal to a serial run's numbers."""
     submitit = pytest.importorskip("submitit")
-    from samkit import cluster
+    from samkit.sweep import cluster
     cfgs = [TrainConfig(**TINY, seed=s) for s in range(3)]
     ex = submitit.LocalExecutor(folder=str(tmp_path / "logs"))
     ex.update_parameters(timeout_min=5)
     jobs = cluster.submit(cfgs, str(tmp_path / "runs"), ex, n_jobs=2)
     cluster.wait(jobs)
-    got = sweep.run(cfgs, cache=str(tmp_path / "runs"), progress=False)
+    got = sweep.run_sweep(cfgs, cache=str(tmp_path / "runs"), progress=False)
     assert got["cached"].all()
-    serial = sweep.run(cfgs, cache=str(tmp_path / "serial"), workers=1, progress=False)
+    serial = sweep.run_sweep(cfgs, cache=str(tmp_path / "serial"), workers=1, progress=False)
     cols = [c for c in got.columns if c.startswith("final_")]
     pd.testing.assert_frame_equal(got[cols], serial[cols])
 
@@ -137,7 +138,7 @@ def test_cluster_jobs_share_the_runs_through_the_cache(tmp_path):
 def _one_run(tmp_path):
     cache = str(tmp_path / "runs")
     cfg = TrainConfig(**TINY)
-    sweep.run([cfg], cache=cache, progress=False)
+    sweep.run_sweep([cfg], cache=cache, progress=False)
     return cfg, cache, os.path.join(cache, f"{sweep.run_key(cfg)}.json")
 
 
@@ -152,7 +153,7 @@ def test_a_truncated_or_edited_result_is_refused_by_name_never_used(tmp_path):
     for name, (damaged, why) in damages.items():
         with open(path, "w") as f:
             f.write(damaged)
-        for read in (lambda: sweep.run([cfg], cache=cache, progress=False),
+        for read in (lambda: sweep.run_sweep([cfg], cache=cache, progress=False),
                      lambda: sweep.load_result(sweep.run_key(cfg), cache)):
             with pytest.raises(sweep.CacheError) as e:
                 read()
@@ -160,7 +161,7 @@ def test_a_truncated_or_edited_result_is_refused_by_name_never_used(tmp_path):
             assert "\n" not in str(e.value) and "delete it to retrain" in str(e.value)
         assert open(path).read() == damaged   # refused, not trained over
     os.remove(path)   # the fix the message names
-    assert not sweep.run([cfg], cache=cache, progress=False)["cached"].any()
+    assert not sweep.run_sweep([cfg], cache=cache, progress=False)["cached"].any()
 
 
 def _unsealed(path):
@@ -182,7 +183,7 @@ def test_seal_adds_only_the_checksum_and_an_unsealed_result_is_refused(tmp_path)
     cfg, cache, path = _one_run(tmp_path)
     before = _unsealed(path)
     with pytest.raises(sweep.CacheError) as e:
-        sweep.run([cfg], cache=cache, progress=False)
+        sweep.run_sweep([cfg], cache=cache, progress=False)
     assert str(e.value) == (f"{path}: no sha256 checksum (stored before results were sealed); "
                             f"allowed: a sealed result: run `python -m samkit cache seal --cache "
                             f"{cache}` once, or delete it to retrain the run")
@@ -194,7 +195,7 @@ def test_seal_adds_only_the_checksum_and_an_unsealed_result_is_refused(tmp_path)
     digest = json.loads(after)["sha256"]
     cut = before.rindex("\n")   # every byte kept; one field added, last
     assert after == before[:cut] + f',\n "sha256": "{digest}"' + before[cut:]
-    assert sweep.run([cfg], cache=cache, progress=False)["cached"].all()
+    assert sweep.run_sweep([cfg], cache=cache, progress=False)["cached"].all()
     r = _cli("cache", "seal", "--cache", cache)
     assert r.returncode == 0 and "sealed 0, 1 sealed before" in r.stdout
     with open(path, "w") as f:   # an edit after sealing is not sealed over
@@ -250,7 +251,7 @@ def test_the_next_sweep_removes_what_killed_sweeps_left_and_no_live_one_holds(tm
                                 text=True) for f in live]
     try:
         assert all(h.stdout.readline() == "held\n" for h in holders)
-        got = sweep.run([TrainConfig(**TINY)], cache=str(cache), progress=False)
+        got = sweep.run_sweep([TrainConfig(**TINY)], cache=str(cache), progress=False)
         assert got["status"].tolist() == ["ok"]
         assert not any(f.exists() for f in dead)   # no live process held them
         assert all(f.exists() for f in live)       # a running sweep's are left alone

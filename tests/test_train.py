@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import interrupt_run
-from samkit import build, train
-from samkit.train import TrainConfig
+from samkit.train import build, loop as train
+from samkit.train.config import TrainConfig
 
 TINY = dict(dataset="fashion_mnist", n_train=200, n_val=100, n_test=200, model="mlp", width=16,
             epochs=3, batch_size=32, device="cpu")
@@ -20,9 +20,9 @@ def strip_time(result):
 
 
 def test_deterministic_per_seed(fmnist_root):
-    a = train.run(TrainConfig(**TINY, optimizer="sam"))
-    b = train.run(TrainConfig(**TINY, optimizer="sam"))
-    c = train.run(TrainConfig(**TINY, optimizer="sam", seed=1))
+    a = train.train(TrainConfig(**TINY, optimizer="sam"))
+    b = train.train(TrainConfig(**TINY, optimizer="sam"))
+    c = train.train(TrainConfig(**TINY, optimizer="sam", seed=1))
     assert strip_time(a) == strip_time(b)
     assert a["history"] != c["history"]
 
@@ -34,11 +34,11 @@ def test_resume_after_interruption_is_exact(fmnist_root, tmp_path, monkeypatch, 
     ticks = itertools.count()  # a fake clock: every reading is one "second" after the last
     monkeypatch.setattr(train, "time", types.SimpleNamespace(time=time.time,
                                                              perf_counter=lambda: next(ticks)))
-    reference = train.run(cfg)
+    reference = train.train(cfg)
     ckpt = str(tmp_path / "run.ckpt")
     state = interrupt_run(cfg, ckpt, monkeypatch)
     assert state["epoch"] == 2
-    resumed = train.run(cfg, checkpoint=ckpt)
+    resumed = train.train(cfg, checkpoint=ckpt)
     assert strip_time(resumed) == strip_time(reference)
     # training time carries over the kill: both attempts' epochs, as in one uninterrupted run
     assert state["train_seconds"] == 2 and resumed["train_seconds"] == reference["train_seconds"]
@@ -53,12 +53,12 @@ def test_train_seconds_excludes_evaluation(fmnist_root, monkeypatch):
         return real_metrics(*args)
 
     monkeypatch.setattr(train, "_epoch_metrics", slow_metrics)
-    r = train.run(TrainConfig(**TINY))
+    r = train.train(TrainConfig(**TINY))
     assert 0 < r["train_seconds"] and r["seconds"] - r["train_seconds"] >= 3 * 0.5
 
 
 def test_divergence_is_recorded(fmnist_root):
-    r = train.run(TrainConfig(**TINY, lr=1e8, momentum=0.0, weight_decay=0.0, schedule="constant"))
+    r = train.train(TrainConfig(**TINY, lr=1e8, momentum=0.0, weight_decay=0.0, schedule="constant"))
     assert r["status"] == "diverged"
     # the run stops at the first epoch whose loss is not finite, and says which
     assert r["diverged_epoch"] == len(r["history"]) == r["history"][-1]["epoch"]
@@ -68,12 +68,12 @@ def test_divergence_is_recorded(fmnist_root):
 
 
 def test_early_stopping_reports_best_validation_epoch(fmnist_root):
-    r = train.run(TrainConfig(**{**TINY, "epochs": 5}, lr=0.5, schedule="constant"))
+    r = train.train(TrainConfig(**{**TINY, "epochs": 5}, lr=0.5, schedule="constant"))
     accs = [h["val_acc"] for h in r["history"]]
     assert r["best"]["val_acc"] == max(accs)
     assert r["best"]["epoch"] == 1 + accs.index(max(accs))
     assert r["final"]["epoch"] == 5
-    off = train.run(TrainConfig(**{**TINY, "epochs": 5}, lr=0.5, schedule="constant",
+    off = train.train(TrainConfig(**{**TINY, "epochs": 5}, lr=0.5, schedule="constant",
                                 early_stopping=False))
     assert off["best"]["epoch"] == 5
 
@@ -81,7 +81,7 @@ def test_early_stopping_reports_best_validation_epoch(fmnist_root):
 def test_metrics_against_recomputation(fmnist_root):
     """Reported test accuracy equals an independent evaluation of the returned model."""
     cfg = TrainConfig(**TINY, optimizer="sam", early_stopping=False)
-    result, model = train.run(cfg, return_model=True)
+    result, model = train.train(cfg, return_model=True)
     data = train.load_for(cfg)
     with torch.no_grad():
         model.eval()
@@ -92,30 +92,30 @@ def test_metrics_against_recomputation(fmnist_root):
 
 
 def test_label_noise_accuracy_on_noisy_and_clean_labels(fmnist_root):
-    r = train.run(TrainConfig(**TINY, label_noise=0.4, early_stopping=False))
+    r = train.train(TrainConfig(**TINY, label_noise=0.4, early_stopping=False))
     assert r["n_flipped"] == pytest.approx(0.4 * 200, abs=2)
     f = r["final"]
     assert f["train_acc"] != f["train_acc_clean"]
 
 
 def test_step_schedule_and_lr_in_history(fmnist_root):
-    r = train.run(TrainConfig(**{**TINY, "epochs": 4}, lr=0.1, schedule="step"))
+    r = train.train(TrainConfig(**{**TINY, "epochs": 4}, lr=0.1, schedule="step"))
     assert [round(h["lr"], 6) for h in r["history"]] == [0.1, 0.01, 0.001, 0.001]
 
 
 def test_sparse_run_keeps_pruned_weights_zero(fmnist_root):
     cfg = TrainConfig(**{**TINY, "width": 64}, optimizer="sam", prune="snip",
                       prune_to_width=16)
-    r, model = train.run(cfg, return_model=True)
+    r, model = train.train(cfg, return_model=True)
     dense16 = TrainConfig(**TINY)
-    r16 = train.run(dense16)
+    r16 = train.train(dense16)
     # nonzero parameters of the sparse wide model match the small dense one (± rounding)
     assert abs(r["nonzero_params"] - r16["params"]) <= 3
     assert r["params"] > 3 * r16["params"]
 
 
 def test_regression_and_probe():
-    r = train.run(TrainConfig(dataset="toy1d", model="one_hidden_relu", width=20, epochs=5,
+    r = train.train(TrainConfig(dataset="toy1d", model="one_hidden_relu", width=20, epochs=5,
                               batch_size=8, lr=0.05, momentum=0.0, weight_decay=0.0,
                               optimizer="sam", schedule="constant", device="cpu"))
     assert r["status"] == "ok" and "test_acc" not in r["final"]
@@ -141,7 +141,7 @@ def test_config_validation(bad, message):
 def test_data_seed_minus_one_follows_the_seed(fmnist_root):
     """-1: the seed draws the subset and the label noise; the key is that of the explicit
     seed, so both spellings share one cached run; SGD and SAM of one seed see the same data."""
-    from samkit import sweep
+    from samkit.sweep import engine as sweep
     base = dict(dataset="fashion_mnist", n_train=100, n_val=20, label_noise=0.2, data_seed=-1)
     a = train.TrainConfig(**base, seed=1)
     assert sweep.run_key(a) == sweep.run_key(train.TrainConfig(**{**base, "data_seed": 1},
@@ -182,7 +182,7 @@ def test_a_huge_finite_loss_counts_as_diverged(monkeypatch):
     monkeypatch.setattr(train, "train_epoch", exploding)
     cfg = train.TrainConfig(dataset="synthetic", model="mlp", width=4, n_train=32, epochs=4,
                             batch_size=16, device="cpu")
-    result = train.run(cfg)
+    result = train.train(cfg)
     assert result["status"] == "diverged" and result["diverged_epoch"] == 2
     assert calls == [0, 1] and result["initial_loss"] > 0
 
@@ -206,11 +206,11 @@ torch.save({"config": {}, "model": Payload()}, sys.argv[1])
 def test_a_crafted_checkpoint_runs_no_code(tmp_path):
     import subprocess
     import sys
-    from samkit.checkpoint import CheckpointError
+    from samkit.train.checkpoint import CheckpointError
     ckpt, marker = tmp_path / "evil.ckpt", tmp_path / "code-ran"
     subprocess.run([sys.executable, "-c", EVIL, str(ckpt), str(marker)], check=True)
     with pytest.raises(CheckpointError) as e:
-        train.run(TrainConfig(**TOY), checkpoint=str(ckpt))
+        train.train(TrainConfig(**TOY), checkpoint=str(ckpt))
     assert not marker.exists(), "loading the checkpoint ran its code"
     assert str(ckpt) in str(e.value) and "rm " in str(e.value) and "\n" not in str(e.value)
 
@@ -218,25 +218,25 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path):
 def test_a_checkpoint_of_another_config_is_refused_naming_the_difference(tmp_path):
     """--epochs 4 on a 2-epoch run's checkpoint used to restart from zero without a word and
     overwrite it; the lr schedule depends on the epochs, so it is refused, and kept."""
-    from samkit.checkpoint import CheckpointError
+    from samkit.train.checkpoint import CheckpointError
     ckpt = tmp_path / "run.ckpt"
-    train.run(TrainConfig(**TOY), checkpoint=str(ckpt))
+    train.train(TrainConfig(**TOY), checkpoint=str(ckpt))
     before = ckpt.read_bytes()
     with pytest.raises(CheckpointError) as e:
-        train.run(TrainConfig(**{**TOY, "epochs": 4, "lr": 0.01}), checkpoint=str(ckpt))
+        train.train(TrainConfig(**{**TOY, "epochs": 4, "lr": 0.01}), checkpoint=str(ckpt))
     assert str(e.value) == (
         f"checkpoint {ckpt}: saved by another config (epochs 2 there, 4 here; lr 0.05 there, "
         "0.01 here); allowed: a checkpoint of this config: rerun with the config it was saved "
         f"with, or delete it to start this run afresh (rm {ckpt})")
     assert ckpt.read_bytes() == before
-    assert train.run(TrainConfig(**TOY), checkpoint=str(ckpt))["history"][-1]["epoch"] == 2
+    assert train.train(TrainConfig(**TOY), checkpoint=str(ckpt))["history"][-1]["epoch"] == 2
 
 
 def test_a_corrupt_checkpoint_is_one_line_with_the_fix(tmp_path):
     import subprocess
     import sys
     good = tmp_path / "good.ckpt"
-    train.run(TrainConfig(**TOY), checkpoint=str(good))
+    train.train(TrainConfig(**TOY), checkpoint=str(good))
     bad = tmp_path / "truncated.ckpt"
     bad.write_bytes(good.read_bytes()[:1000])
     args = ["train", "--dataset", "toy1d", "--model", "one_hidden_relu", "--width", "5",

@@ -11,8 +11,10 @@ import torch
 import yaml
 
 from conftest import interrupt_run
-from samkit import config, params, sweep, train
-from samkit.train import TrainConfig
+from samkit.train import config, loop as train
+from samkit.pipeline import params
+from samkit.sweep import engine as sweep
+from samkit.train.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A regression task (no data files), a last batch that is short: 50 = 3 x 16 + 2.
@@ -134,7 +136,7 @@ def _counted_run(cfg, **kw):
     mp = pytest.MonkeyPatch()
     mp.setattr(train, "build", build)
     try:
-        return train.run(cfg, **kw), len(calls)
+        return train.train(cfg, **kw), len(calls)
     finally:
         mp.undo()
 
@@ -163,8 +165,8 @@ def test_grad_evals_are_the_passes_run(kw, evals, one_thread):
 
 
 def test_sam_interval_one_is_plain_sam(one_thread):
-    a = train.run(TrainConfig(**SYN, optimizer="sam"))
-    b = train.run(TrainConfig(**SYN, optimizer="sam", sam_interval=1))
+    a = train.train(TrainConfig(**SYN, optimizer="sam"))
+    b = train.train(TrainConfig(**SYN, optimizer="sam", sam_interval=1))
     assert a["history"] == b["history"]
 
 
@@ -172,7 +174,7 @@ def test_variants_differ_from_sam_and_sgd(one_thread):
     losses = {}
     for kw in (dict(optimizer="sgd"), dict(optimizer="sam"), dict(optimizer="msam"),
                dict(optimizer="sam", sam_interval=2), dict(optimizer="looksam", sam_interval=2)):
-        r = train.run(TrainConfig(**SYN, **kw))
+        r = train.train(TrainConfig(**SYN, **kw))
         assert r["status"] == "ok"
         losses[tuple(kw.items())] = r["history"][-1]["train_loss"]
     assert len(set(losses.values())) == len(losses), losses
@@ -217,25 +219,25 @@ def test_resume_is_exact_for_the_variants(kw, tmp_path, monkeypatch, one_thread)
     count travel in the checkpoint)."""
     cfg = TrainConfig(**{**SYN, "epochs": 4}, **kw)
     strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds")}
-    reference = train.run(cfg)
+    reference = train.train(cfg)
     ckpt = str(tmp_path / "run.ckpt")
     state = interrupt_run(cfg, ckpt, monkeypatch)
     assert state["epoch"] == 2
     assert state["grad_evals"] == train.derived_grad_evals(cfg, 2)
-    resumed = train.run(cfg, checkpoint=ckpt)
+    resumed = train.train(cfg, checkpoint=ckpt)
     assert strip(resumed) == strip(reference)
 
 
 def test_a_checkpoint_older_than_the_count_resumes_with_the_derived_count(tmp_path, monkeypatch,
                                                                           one_thread):
     cfg = TrainConfig(**{**SYN, "epochs": 4}, optimizer="sam")
-    reference = train.run(cfg)
+    reference = train.train(cfg)
     ckpt = str(tmp_path / "run.ckpt")
     state = interrupt_run(cfg, ckpt, monkeypatch)
     del state["grad_evals"]              # as written by the trainer before it counted
     del state["optimizer"]["sam"]        # and by SAM before it kept its own state
     torch.save(state, ckpt)
-    resumed = train.run(cfg, checkpoint=ckpt)
+    resumed = train.train(cfg, checkpoint=ckpt)
     assert resumed["grad_evals"] == reference["grad_evals"] == 2 * 4 * 4
     assert resumed["history"] == reference["history"]
 
@@ -245,7 +247,7 @@ def test_adam_and_sam_on_adam_match_a_hand_written_float64_step():
     weight decay added to the gradient) at the gradient of w + rho g/||g||, re-derived by hand
     in float64; the base optimizer is torch.optim.Adam, and plain adam is too."""
     import torch.nn.functional as F
-    from samkit.build import _make_optimizer
+    from samkit.train.build import _make_optimizer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3).double()
@@ -287,7 +289,7 @@ def test_adam_and_sam_on_adam_match_a_hand_written_float64_step():
 def test_adam_ignores_momentum_so_its_key_may_drop_it():
     """Two SAM(Adam) optimizers that differ only in `momentum` take identical steps."""
     import torch.nn.functional as F
-    from samkit.build import _make_optimizer
+    from samkit.train.build import _make_optimizer
     weights = []
     for momentum in (0.5, 0.9):
         torch.manual_seed(0)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import stats
-from . import (PAIRED_COLUMNS, REPORT_CHOSEN, Analysis, Claim, effect_at, ensure_columns,
-               select_trials, status_line, trials_per_arm)
+from samkit.analysis import stats
+from samkit.analysis.effects import (PAIRED_COLUMNS, REPORT_CHOSEN, effect_at, ensure_columns,
+                                     select_trials, trials_per_arm)
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.regime import status_line
 
 NAME = "asam_adam"
 TITLE = "ASAM, and SAM on Adam"

@@ -7,7 +7,7 @@ too) and ``momentum 0`` (BatchNorm momentum 0 for the pass, the fix davda54/sam 
 mode BatchNorm normalises with the batch's own statistics, so the three arms take the same
 steps: only the running statistics differ, and with them every eval-mode number. The claims
 compare eval-mode test accuracy and the running statistics' distance from those the final
-weights give (samkit.bn.running_stats_drift)."""
+weights give (samkit.optim.bn.running_stats_drift)."""
 from __future__ import annotations
 
 import math
@@ -15,9 +15,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from .. import fmt
-from . import (PAIRED_COLUMNS, Analysis, Claim, effect_at, ensure_columns, paired_table,
-               status_line)
+from samkit.analysis import fmt
+from samkit.analysis.effects import PAIRED_COLUMNS, effect_at, ensure_columns, paired_table
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.regime import status_line
 
 NAME = "batchnorm"
 TITLE = "The BatchNorm gotcha: SAM's second pass and the running statistics"
@@ -62,7 +63,7 @@ def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
 def arm_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per arm: finished runs, and the mean and 95% CI half-width of eval-mode test accuracy
     and of the running statistics' relative distance from the final weights' own."""
-    from .. import stats
+    from samkit.analysis import stats
     rows = []
     for arm, label in ARMS.items():
         g = runs[runs["bn_perturbed"] == arm] if "bn_perturbed" in runs else runs.iloc[:0]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import fmt, stats
-from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
+from samkit.analysis import fmt, stats
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.effects import effect_at, ensure_columns, paired_table
+from samkit.analysis.regime import status_line
 
 NAME = "compute"
 TITLE = "Equal compute: does SAM still win when SGD gets twice the epochs?"

@@ -13,13 +13,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import data, fmt, stats
-from . import Analysis, Claim, ensure_columns, paired_table, status_line
+from samkit.data import datasets as data
+from samkit.analysis import fmt, stats
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.effects import SAM_RUNS, SGD_RUNS, ensure_columns, paired_table
+from samkit.analysis.regime import status_line
 
 NAME = "datasize"
 TITLE = "Data size: does SAM's gain follow the parameters per training example?"
 QUESTION = "Does SAM's gain over SGD grow with the number of parameters per training example?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 SOURCE = "beyond Shin et al. (Sec. 3 varies width at fixed data)"
 # Training set sizes for n_train 0 ("the whole training set, less the validation split").
@@ -46,7 +48,7 @@ def examples(runs: pd.DataFrame) -> pd.Series:
 def analyze(runs: pd.DataFrame) -> Analysis:
     runs = ensure_columns(runs, [METRIC])
     runs = runs.assign(examples=examples(runs))
-    gain = paired_table(runs, METRIC, SAM, SGD, by=BY)
+    gain = paired_table(runs, METRIC, SAM_RUNS, SGD_RUNS, by=BY)
     gain.insert(len(BY), "params_per_example",
                 gain["params"].astype(float) / gain["examples"].astype(float))
     most, least = _extreme(gain, max), _extreme(gain, min)
@@ -75,7 +77,7 @@ def ratio_slope(runs: pd.DataFrame) -> stats.Effect:
     """Per seed, the least-squares slope of SAM − SGD on log2(params / examples), pooled over
     every (n_train, width) cell the seed finished (>= 2 distinct ratios); mean and 95% CI
     over seeds."""
-    p = stats.pairs(runs, METRIC, SAM, SGD, BY)
+    p = stats.pairs(runs, METRIC, SAM_RUNS, SGD_RUNS, BY)
     p = p[p["ok"]]
     slopes = []
     for _, g in p.groupby("seed"):

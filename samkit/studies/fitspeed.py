@@ -2,7 +2,7 @@
 
 The blog: "SAM trains slower: training accuracy reaches near-perfect levels later". Measured on
 the width study's MLP runs (the same configs: nothing is trained for this study) from each run's
-stored history (``samkit.fit.epochs_to_fit``: the first evaluated epoch at or above the level).
+stored history (``samkit.measure.fit.epochs_to_fit``: the first evaluated epoch at or above the level).
 Training accuracy is evaluated every k epochs, so a run first seen at the level at epoch e
 crossed it somewhere in [e − k + 1, e]; a run that never reaches it crossed after its last epoch
 E, if ever: [E + 1, ∞). Per seed and width the comparison is log(SAM epochs / SGD epochs), and
@@ -20,9 +20,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from .. import fmt, stats
-from ..fit import FIT_LEVELS
-from . import SAM, SGD, Analysis, Claim, ensure_columns, status_line
+from samkit.analysis import fmt, stats
+from samkit.measure.fit import FIT_LEVELS
+from samkit.analysis.effects import SAM_RUNS, SGD_RUNS, ensure_columns
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.regime import status_line
 
 NAME = "fitspeed"
 TITLE = "SAM fits later: epochs to reach a training accuracy"
@@ -87,8 +89,8 @@ def _seed_logs(runs: pd.DataFrame, column: str, by: str | None) -> pd.DataFrame:
     keys = ["seed"] + ([by] if by else [])
     cols = [column, f"{column}_lo", f"{column}_hi"]
     sides = runs[runs["status"] == "ok"]
-    t = sides[sides["optimizer"] == SAM["optimizer"]].set_index(keys)[cols]
-    c = sides[sides["optimizer"] == SGD["optimizer"]].set_index(keys)[cols]
+    t = sides[sides["optimizer"] == SAM_RUNS["optimizer"]].set_index(keys)[cols]
+    c = sides[sides["optimizer"] == SGD_RUNS["optimizer"]].set_index(keys)[cols]
     both = t.add_suffix("_t").join(c.add_suffix("_c"), how="inner")
     if both.empty:
         return pd.DataFrame(columns=["point", "low", "high"])

@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import fmt, stats
-from ..config import KEY_OMITTED_AT_DEFAULT
-from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
+from samkit.analysis import fmt, stats
+from samkit.train.config import KEY_OMITTED_AT_DEFAULT
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.effects import effect_at, ensure_columns, paired_table
+from samkit.analysis.regime import status_line
 # The page's figure and table: the notebook calls them as frontier.figure/display_table.
-from .frontier_view import display_table, figure  # noqa: F401
+from samkit.studies.frontier_view import display_table, figure  # noqa: F401
 
 NAME = "frontier"
 TITLE = "What does SAM cost? Cheaper SAM variants and the equal-compute frontier"

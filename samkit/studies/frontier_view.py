@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import fmt
+from samkit.analysis import fmt
 
 # One marker per optimizer family, so a method's family reads without the legend.
 MARKERS = {"sgd": "o", "sam": "s", "asam": "s", "looksam": "^", "msam": "D"}
@@ -19,7 +19,7 @@ def figure(table: pd.DataFrame, meta: dict | None):
     width), every method a labelled point; the Pareto frontier as a step line."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    from ..plots import stamp
+    from samkit.analysis.plots import stamp
     widths = sorted(table["width"].unique()) or [None]
     noises = sorted(table["label_noise"].unique()) or [None]
     methods = list(dict.fromkeys(table.sort_values("grad_evals")["method"]))

@@ -7,8 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from .. import fmt, stats
-from . import Analysis, Claim, SourceEffect
+from samkit.analysis import fmt, stats
+from samkit.analysis.claims import Analysis, Claim, SourceEffect
 
 NAME = "headline"
 TITLE = "Headline: SAM at equal compute, the blog's table"

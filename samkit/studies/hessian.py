@@ -12,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import fmt, stats
-from . import (SAM, SGD, Analysis, effect_at, ensure_columns, log_ratios, ratio_table,
-               smaller_ratio_claim, status_line)
+from samkit.analysis import fmt, stats
+from samkit.analysis.effects import (SAM_RUNS, SGD_RUNS, effect_at, ensure_columns, log_ratios,
+                                     ratio_table, smaller_ratio_claim)
+from samkit.analysis.claims import Analysis
+from samkit.analysis.regime import status_line
 
 NAME = "hessian"
 TITLE = "Hessian: are SAM's minima flatter and more uniform than SGD's?"
@@ -73,7 +75,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
 def across_widths(runs: pd.DataFrame, column: str) -> stats.Effect:
     """Per seed, the mean over widths of log(SAM) − log(SGD) of ``column``; only seeds with a
     finished pair at every width count (the same widths in every seed's mean)."""
-    p = stats.pairs(runs, column, SAM, SGD, ["width"])
+    p = stats.pairs(runs, column, SAM_RUNS, SGD_RUNS, ["width"])
     with np.errstate(divide="ignore", invalid="ignore"):
         p["diff"] = np.where(p["ok"], np.log(p[f"{column}_t"]) - np.log(p[f"{column}_c"]),
                              np.nan)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import stats
-from . import PAIRED_COLUMNS, Analysis, Claim, ensure_columns, status_line
+from samkit.analysis import stats
+from samkit.analysis.effects import PAIRED_COLUMNS, ensure_columns
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.regime import status_line
 
 NAME = "longer"
 TITLE = "Longer training: does SGD degrade while SAM holds?"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import fmt, stats
-from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
+from samkit.analysis import fmt, stats
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.effects import SAM_RUNS, SGD_RUNS, effect_at, ensure_columns, paired_table
+from samkit.analysis.regime import status_line
 
 NAME = "noise"
 TITLE = "Label noise: does SAM's gain grow with width, and more so with noisier labels?"
 QUESTION = "Does label noise make SAM's gain over SGD grow faster with model size?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
 METRIC = "best_test_acc"  # clean test labels, at the epoch of best (clean) validation accuracy
 # Smallest effects worth having, as in the width study: a gain of 0.3 pp (the paper's smallest
 # reported gains are 0.2-2 pp; 3 test images in 1,000) and a trend of 0.1 pp per doubling of
@@ -27,7 +28,7 @@ NO_FINISHED_RUN = {"final_train_acc_min": "n/a", "final_train_acc_max": "n/a"}
 
 def analyze(runs: pd.DataFrame) -> Analysis:
     runs = ensure_columns(runs, (METRIC, *FIT))
-    gain = paired_table(runs, METRIC, SAM, SGD, by=["label_noise", "width", "params"])
+    gain = paired_table(runs, METRIC, SAM_RUNS, SGD_RUNS, by=["label_noise", "width", "params"])
     levels = sorted(runs["label_noise"].unique())
     low, high, widest = levels[0], levels[-1], runs["width"].max()
     claims = []
@@ -35,7 +36,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         claims.append(Claim(
             f"grows_at_{p:g}",
             f"SAM's gain grows with the parameters at label noise {fmt.rate(p)}", SOURCE,
-            stats.slope(runs[runs["label_noise"] == p], METRIC, SAM, SGD),
+            stats.slope(runs[runs["label_noise"] == p], METRIC, SAM_RUNS, SGD_RUNS),
             DELTA_SLOPE, "0.1 pp per doubling: 0.7 pp over a 128x wider model",
             unit="pp/doubling"))
     amplified = (stats.mean_effect(_seed_gain(runs, high, widest)
@@ -68,7 +69,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
 def _seed_gain(runs: pd.DataFrame, noise: float, width) -> pd.Series:
     """SAM − SGD per seed in one (noise, width) cell; NaN where a side diverged."""
     cell = runs[(runs["label_noise"] == noise) & (runs["width"] == width)]
-    p = stats.pairs(cell, METRIC, SAM, SGD)
+    p = stats.pairs(cell, METRIC, SAM_RUNS, SGD_RUNS)
     return p.set_index("seed")["diff"].groupby(level=0).first()
 
 

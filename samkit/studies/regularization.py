@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import stats
-from . import Analysis, Claim, ensure_columns, paired_table, status_line
+from samkit.analysis import stats
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.effects import SAM_RUNS, SGD_RUNS, ensure_columns, paired_table
+from samkit.analysis.regime import status_line
 
 NAME = "regularization"
 TITLE = "Regularization: does SAM's width trend survive without weight decay or early stopping?"
 QUESTION = "Does the growth of SAM's gain with width need weight decay and early stopping?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
 REGULARIZED, NO_WD, NO_ES = "regularized", "no weight decay", "no early stopping"
 VARIANTS = (REGULARIZED, NO_WD, NO_ES)
 ABLATIONS = {NO_WD: "weight_decay", NO_ES: "early_stopping"}  # ablation -> what it removes
@@ -61,15 +62,15 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         raise ValueError(f"regularization: no runs tagged {REGULARIZED!r} (tags: "
                          f"{', '.join(tags) or 'none'}); its arms need {{tag: regularized}}")
     v = variant_runs(runs)
-    gain = paired_table(v, "acc", SAM, SGD, by=["variant", "width", "params"])
+    gain = paired_table(v, "acc", SAM_RUNS, SGD_RUNS, by=["variant", "width", "params"])
     by_variant = {name: v[v["variant"] == name] for name in VARIANTS}
-    slopes = {name: stats.seed_slopes(g, "acc", SAM, SGD) for name, g in by_variant.items()}
+    slopes = {name: stats.seed_slopes(g, "acc", SAM_RUNS, SGD_RUNS) for name, g in by_variant.items()}
     claims = []
     for name in VARIANTS:
         claims.append(Claim(
             f"trend_{slug(name)}",
             f"SAM's gain grows with the parameters ({name})", SOURCE,
-            stats.slope(by_variant[name], "acc", SAM, SGD), DELTA_SLOPE, DELTA_REASON,
+            stats.slope(by_variant[name], "acc", SAM_RUNS, SGD_RUNS), DELTA_SLOPE, DELTA_REASON,
             unit="pp/doubling"))
     for ablation, removed in ABLATIONS.items():
         both = sorted(set(slopes[REGULARIZED]) & set(slopes[ablation]))

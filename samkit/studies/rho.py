@@ -6,13 +6,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from .. import stats
-from . import Analysis, Claim, effect_at, ensure_columns, paired_table, status_line
+from samkit.analysis import stats
+from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis.effects import SAM_RUNS, SGD_RUNS, effect_at, ensure_columns, paired_table
+from samkit.analysis.regime import status_line
 
 NAME = "rho"
 TITLE = "ρ*: does the best perturbation radius grow with width?"
 QUESTION = "Does the best SAM radius ρ* grow with model size?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 SOURCE = "Shin et al. Sec. 4.2 (Fig. 4)"
 # Smallest effects worth having. ρ* trend: ×1.1 per doubling of the parameters (ln 1.1 in the
@@ -35,7 +36,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
     rhos = pd.DataFrame({"rho": sorted(sam["rho"].unique())})
     sgd = sgd.drop(columns="rho").merge(rhos, how="cross")
     both = pd.concat([sam, sgd], ignore_index=True)
-    gain = paired_table(both, METRIC, SAM, SGD, by=["width", "params", "rho"])
+    gain = paired_table(both, METRIC, SAM_RUNS, SGD_RUNS, by=["width", "params", "rho"])
     acc = _accuracy(sam)
     star = rho_star(sam)
     widest = runs["width"].max()

@@ -15,9 +15,12 @@ import os
 import numpy as np
 import pandas as pd
 
-from .. import data, fmt, stats
-from . import (Analysis, effect_at, ensure_columns, log_ratios, ratio_table,
-               smaller_ratio_claim, status_line)
+from samkit.data import datasets as data
+from samkit.analysis import fmt, stats
+from samkit.analysis.claims import Analysis
+from samkit.analysis.effects import (effect_at, ensure_columns, log_ratios, ratio_table,
+                                     smaller_ratio_claim)
+from samkit.analysis.regime import status_line
 
 NAME = "simplicity"
 TITLE = "Simplicity: does SAM find simpler functions than SGD when overparameterized?"
@@ -53,7 +56,7 @@ def curves(runs: pd.DataFrame, cache: str = "results/runs") -> pd.DataFrame:
     """The learned functions of the finished runs as one long table (key, width, optimizer,
     seed, status, x, y), read from each run's stored ``probe`` in ``cache``. A diverged run
     has none; a finished run whose result file is missing is an error (wrong cache)."""
-    from ..sweep import load_result
+    from samkit.sweep.engine import load_result
     frames = []
     for _, row in runs[runs["status"] == "ok"].iterrows():
         path = os.path.join(cache, f"{row['key']}.json")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import sources, stats
-from . import Analysis, Claim, SourceEffect
+from samkit.analysis import sources, stats
+from samkit.analysis.claims import Analysis, Claim, SourceEffect
 
 NAME = "width"
 TITLE = "Width: does SAM's gain grow with the number of parameters?"

@@ -9,12 +9,12 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .studies import MODULES
+from samkit.analysis import stats
+from samkit.studies import MODULES
 
 # What a practitioner should take from a claim, by its verdict. The numbers come from the
 # claim ({shown}); a missing claim raises (a renamed metric is an error, not "n/a"). Only a
-# robust verdict (see samkit.robustness) gives advice; a fragile one is listed as such.
+# robust verdict (see samkit.analysis.robustness) gives advice; a fragile one is listed as such.
 ADVICE = {
     ("width", "mlp.widest"): {
         "supports": "On a wide model SAM pays: {shown} test accuracy over SGD at the widest MLP.",
@@ -151,7 +151,7 @@ def _list(table: pd.DataFrame, verdict: str) -> str:
 def _cost(compute: dict | None, bench: str = "results/bench") -> str:
     """What SAM costs: exact gradient evaluations from the compute study's runs and the
     step-time ratio from the benchmark (timed in isolation, interleaved with SGD)."""
-    from .results import benchmark_table, load_benchmarks
+    from samkit.pipeline.results import benchmark_table, load_benchmarks
     table = benchmark_table(load_benchmarks(bench)[0])
     step = (f"a SAM step takes {table['SAM/SGD'].min():.2f}–{table['SAM/SGD'].max():.2f}× an "
             "SGD step in the step-time benchmark" if len(table) else "no step-time benchmark")
@@ -292,7 +292,7 @@ def _point(rate, width, budget, est, low, high, n, delta, verdict, robustness, s
 
 
 def _labels(rate: float) -> str:
-    from .fmt import rate as shown
+    from samkit.analysis.fmt import rate as shown
     return "clean labels" if rate == 0 else f"{shown(rate)} noisy labels"
 
 
@@ -412,8 +412,8 @@ def claims_markdown(table: pd.DataFrame, toc: str = os.path.join("book", "_toc.y
     """Every claim as MyST: one table per study (fmt.claims_table), headed by a link to the
     study's page where the book has one (else its title); decided verdicts that do not
     survive the Benjamini-Hochberg adjustment marked."""
-    from . import fmt
-    from .studies import module
+    from samkit.analysis import fmt
+    from samkit.studies import module
     pages = open(toc).read() if os.path.exists(toc) else ""
     parts = []
     for study in dict.fromkeys(table["study"]):
@@ -429,5 +429,5 @@ def claims_table(table: pd.DataFrame):
     """The claims of ``table`` (``claims``) as the book shows them (fmt.claims_table), for a
     notebook cell to display."""
     from IPython.display import Markdown
-    from . import fmt
+    from samkit.analysis import fmt
     return Markdown(fmt.claims_table(table.to_dict("records")))

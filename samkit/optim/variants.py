@@ -1,4 +1,4 @@
-"""Cheaper SAMs built on samkit.sam.SAM (each counts its gradient evaluations in ``grad_evals``):
+"""Cheaper SAMs built on samkit.optim.sam.SAM (each counts its gradient evaluations in ``grad_evals``):
 
   LookSAM      SAM every k steps, in between the plain gradient plus a reused component of the
                last SAM gradient (Liu et al., CVPR 2022): (k+1)/k evaluations per step.
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .sam import SAM, eager_under_compile
-from .sam_ops import global_norm
+from samkit.optim.sam import SAM, eager_under_compile
+from samkit.optim.ops import global_norm
 
 
 class LookSAM(SAM):
@@ -159,7 +159,7 @@ class MomentumSAM(SAM):
     def needs_second_pass(self):
         return False
 
-    @eager_under_compile  # it moves the weights and remembers w, as SAM's (see samkit.sam)
+    @eager_under_compile  # it moves the weights and remembers w, as SAM's (see samkit.optim.sam)
     @torch.no_grad()
     def first_step(self, zero_grad=False, grad_scaler=None):
         """Move to w̃ = w − ρ·v/‖v‖ (call BEFORE the forward pass), remembering w. Returns

@@ -1,14 +1,14 @@
 """The two regression datasets made in code: a student-teacher problem and the 1-D toy points.
 
 Each returns plain tensors, (x, y) pairs for train, val and test (toy1d adds its probe grid);
-``samkit.data.load_data`` wraps them into a ``Data``.
+``samkit.data.datasets.load_data`` wraps them into a ``Data``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .sampling import seeded_generator
+from samkit.data.sampling import seeded_generator
 
 # Student-teacher regression (Advani et al. 2020 style): x ~ N(0, I_d),
 # y = teacher(x) + SYNTH_NOISE_STD·N(0, 1), teacher a random bias-free 2-layer ReLU net.

@@ -1,4 +1,4 @@
-"""One sweep worker process: ``python -m samkit.worker CONFIGS.json --cache DIR``.
+"""One sweep worker process: ``python -m samkit.sweep.worker CONFIGS.json --cache DIR``.
 
 Trains, one thread, every run of the list that the cache lacks and that no other worker holds
 (per-run file locks), so N of them on one machine share the work. ``--shard I/N`` takes a
@@ -11,13 +11,13 @@ import json
 import os
 import sys
 
-from .checkpoint import CheckpointError
-from .sweep import CacheError, train_missing
-from .config import TrainConfig
+from samkit.train.checkpoint import CheckpointError
+from samkit.sweep.engine import CacheError, train_missing
+from samkit.train.config import TrainConfig
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m samkit.worker", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m samkit.sweep.worker", description=__doc__)
     p.add_argument("configs", help="JSON list of TrainConfig fields")
     p.add_argument("--cache", default="results/runs")
     p.add_argument("--shard", help="I/N: only runs I, I+N, I+2N, ... of the list")

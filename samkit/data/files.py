@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import replacing
+from samkit.atomic import replacing
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -65,7 +65,7 @@ def cite_keys(source: str) -> list[str]:
             keys.append(key)
     if not keys:
         raise ValueError(f"source {source!r} names no entry of book/references.bib "
-                         "(samkit.sources.CITATIONS)")
+                         "(samkit.analysis.sources.CITATIONS)")
     return keys
 
 

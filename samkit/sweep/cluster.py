@@ -7,8 +7,8 @@ no job relies on file locks (unreliable over NFS). Resubmitting the same list la
 only what is still missing. On a SLURM cluster::
 
     ex = submitit.AutoExecutor("slurm_logs"); ex.update_parameters(timeout_min=240, cpus_per_task=1)
-    jobs = samkit.cluster.submit(configs, "results/runs", ex, n_jobs=50)
-    samkit.cluster.wait(jobs)   # then sweep.run(configs) reads everything from the cache
+    jobs = samkit.sweep.cluster.submit(configs, "results/runs", ex, n_jobs=50)
+    samkit.sweep.cluster.wait(jobs)   # then sweep.run_sweep(configs) reads everything from the cache
 
 tests/test_slurm.py runs this against a real single-node SLURM (slurmctld, slurmd, munge).
 """
@@ -19,7 +19,7 @@ import time
 
 def _job(configs, cache, i, n) -> dict:
     """One job's body: train share i of n; what it trained, and under which job id."""
-    from .sweep import train_missing
+    from samkit.sweep.engine import train_missing
     got = train_missing(configs, cache, progress=False, shard=(i, n))
     return {"shard": i, "job_id": _job_id(),
             "trained": sorted(key for key, r in got.items() if not r["cached"]),

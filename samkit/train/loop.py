@@ -1,6 +1,6 @@
 """The one training loop: SGD, SAM and ASAM, resumable, deterministic per seed on CPU.
 
-``run(TrainConfig(...))`` returns a plain-JSON result dict: final and best (early-stopping)
+``train(TrainConfig(...))`` returns a plain-JSON result dict: final and best (early-stopping)
 metrics, the per-epoch history, and provenance. Data lives as tensors on the device and
 batches are index slices, so there is no per-image Python on the hot path.
 """
@@ -14,16 +14,16 @@ import time
 
 import torch
 
-from . import data as data_mod
-from . import graphs
+from samkit.data import datasets as data_mod
+from samkit.optim import graph_step as graphs
 # The public names of a run's parts, importable from here as before the split:
 # train.build(cfg), train.load_for(cfg), train.save_checkpoint(...), train.TrainConfig.
-from .build import build, load_for  # noqa: F401
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
-from .config import TrainConfig  # noqa: F401  (the public name: train.run(TrainConfig(...)))
-from .models import count_params
-from .bn import PERTURBED_PASS, running_stats_drift
-from .sam import SAM
+from samkit.train.build import build, load_for  # noqa: F401
+from samkit.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
+from samkit.train.config import TrainConfig  # noqa: F401  (the public name: train.train(TrainConfig(...)))
+from samkit.models import count_params
+from samkit.optim.bn import PERTURBED_PASS, running_stats_drift
+from samkit.optim.sam import SAM
 
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
 # such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").
@@ -76,7 +76,7 @@ def derived_grad_evals(config, epochs: int) -> int:
 
 def train_epoch(cfg, model, opt, loss_fn, data, epoch: int, progress=None, stepper=None):
     """One pass over the training set; returns the summed loss as a device tensor.
-    ``stepper``: compile="graph"'s samkit.graphs.GraphStep, kept across epochs (made here if
+    ``stepper``: compile="graph"'s samkit.optim.graph_step.GraphStep, kept across epochs (made here if
     not given)."""
     model.train()
     perturbed_bn = PERTURBED_PASS[cfg.bn_perturbed]
@@ -153,7 +153,7 @@ def _epoch_metrics(cfg, model, loss_fn, data) -> dict:
 
 # ----------------------------------------------------------------------------- the loop
 
-def run(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
+def train(cfg: TrainConfig, checkpoint: str | None = None, quiet: bool = True,
         data=None, return_model: bool = False, on_epoch=None):
     """Train one config; returns a JSON-able result dict (and the model if asked).
 
@@ -258,7 +258,7 @@ def _result(cfg, model, data, history, best, status, loss_fn, best_state):
     if status == "ok" and best_state is not None:
         model.load_state_dict(best_state)  # the reported (early-stopped) model
     if status == "ok" and cfg.hessian_samples:
-        from .hessian import sharpness
+        from samkit.measure.hessian import sharpness
         n = min(cfg.hessian_samples, len(data.x_train))
         result["hessian"] = sharpness(model, loss_fn, data.x_train[:n], data.y_train[:n],
                                       seed=cfg.seed)

@@ -19,8 +19,8 @@ import os
 
 import pandas as pd
 
-from . import fit
-from .config import TrainConfig
+from samkit.measure import fit
+from samkit.train.config import TrainConfig
 
 RETRAIN_ROOT = "results/retrain"
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
@@ -29,7 +29,7 @@ CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 def retrain_sets(root: str = RETRAIN_ROOT) -> dict[str, pd.DataFrame]:
     """{set name: one row per retrained run (metrics only, indexed by run key)} for every
     folder of ``root`` that holds stored results."""
-    from .sweep import to_row
+    from samkit.sweep.engine import to_row
     sets = {}
     for folder in sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
         rows = {}

@@ -11,8 +11,8 @@ import os
 
 import pandas as pd
 
-from .provenance import provenance
-from .atomic import replacing, write_json as write_json_atomic
+from samkit.provenance import provenance
+from samkit.atomic import replacing, write_json as write_json_atomic
 
 RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
                "sparsity", "prune_to_width", "weight_decay", "early_stopping", "epochs", "seed",
@@ -133,7 +133,8 @@ def repro_line(since: str, params_path: str = "params.yaml", dvc_yaml: str = "dv
     ``studies``, params.yaml's profile), how many came from the run cache and how many were
     trained since the file ``since`` was touched. A fresh clone retrains nothing: say so."""
     import yaml
-    from . import params, sweep
+    from samkit.pipeline import params
+    from samkit.sweep import engine as sweep
     with open(dvc_yaml) as f:
         studies = yaml.safe_load(f)["vars"][0]["studies"]
     spec = params.load(params_path)
@@ -193,6 +194,6 @@ def benchmark_table(bench: pd.DataFrame) -> pd.DataFrame:
     return t[cols]
 
 
-if __name__ == "__main__":  # `make repro` ends with: python -m samkit.results <file touched first>
+if __name__ == "__main__":  # `make repro` ends with: python -m samkit.pipeline.results <file touched first>
     import sys
     print(repro_line(sys.argv[1]))

@@ -2,8 +2,8 @@
 leave the study's published outputs half-changed (``samkit stage <study>`` runs ``run``).
 
 The executed notebook replaces the book's copy only at the end; the study's results are copied
-aside first and put back unless the notebook succeeded (samkit.backup); Ctrl-C and SIGTERM stop
-the notebook's kernel and its sweep workers within seconds (samkit.signals).
+aside first and put back unless the notebook succeeded (samkit.pipeline.backup); Ctrl-C and SIGTERM stop
+the notebook's kernel and its sweep workers within seconds (samkit.pipeline.signals).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import sys
 import threading
 import time
 
-from .backup import Backup, remove_dead_temps, restore_dead_backups
-from . import signals
-from .signals import stop_on_signals
+from samkit.pipeline.backup import Backup, remove_dead_temps, restore_dead_backups
+from samkit.pipeline import signals
+from samkit.pipeline.signals import stop_on_signals
 
 # Pages that are not studies: the front page (all studies' verdicts) and the benchmarks.
 PAGES = {"summary": os.path.join("book", "intro.ipynb"),
@@ -31,11 +31,11 @@ def params_errors(e) -> int:
     return 2
 
 
-def run(study: str, params_path: str = "params.yaml", verbose: bool = False) -> int:
+def run_stage(study: str, params_path: str = "params.yaml", verbose: bool = False) -> int:
     """Validate params.yaml, then execute notebooks/<study>.ipynb with papermill into the
     book; the executed copy and the study's results change only when the run succeeded.
     Returns the exit status (0, 1 failed, 2 bad params, 128 + signal)."""
-    from .params import ParamsError, load
+    from samkit.pipeline.params import ParamsError, load
     out = PAGES.get(study, os.path.join("book", "studies", f"{study}.ipynb"))
     remove_dead_temps(f"{out}.tmp.", ".ipynb")
     restore_dead_backups(study)

@@ -10,7 +10,7 @@ tensor back to the host, so a step stays asynchronous on a GPU and capturable in
 
 SAM(interval=k) runs the ascent and second pass on one step in k (MosaicML Composer's SAM);
 the others are plain base-optimizer steps: (k+1)/k evaluations per step, counted in
-``grad_evals``. LookSAM and MomentumSAM live in samkit.sam_variants.
+``grad_evals``. LookSAM and MomentumSAM live in samkit.optim.variants.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import torch
 from torch.optim import Optimizer
 
-from .bn import bn_frozen
-from .sam_ops import foreach_scale_add_, global_norm, scaler_step, unscaled
-from .sam_state import SAMState
+from samkit.optim.bn import bn_frozen
+from samkit.optim.ops import foreach_scale_add_, global_norm, scaler_step, unscaled
+from samkit.optim.state import SAMState
 
 # torch.compile: Dynamo (torch 2.14) silently drops attribute writes on torch.optim.Optimizer
 # objects, so a traced step forgot w (``_perturbed``), the step count and ``grad_evals``, and
@@ -70,7 +70,7 @@ class SAM(SAMState, Optimizer):
 
     ``grad_evals`` counts the forward/backward passes the steps so far required (2 per SAM
     step, 1 per plain step); it is saved in ``state_dict``, with the step count that picks
-    the SAM steps (``state_dict`` and pickling: samkit.sam_state).
+    the SAM steps (``state_dict`` and pickling: samkit.optim.state).
     """
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False,

@@ -87,7 +87,7 @@ def mean_effect(values) -> Effect:
 def pairs(runs: pd.DataFrame, metric: str, treatment: dict, control: dict,
           by: list[str] = (), pair_on: str = "seed") -> pd.DataFrame:
     """One row per (``by`` group, seed) with treatment and control values of ``metric`` and
-    ``ok`` (both sides finished: neither diverged nor failed to fit, see samkit.fit)."""
+    ``ok`` (both sides finished: neither diverged nor failed to fit, see samkit.measure.fit)."""
     by = list(by)
     t, c = _select(runs, treatment), _select(runs, control)
     keep = [*by, pair_on, metric, "status"]

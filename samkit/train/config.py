@@ -9,13 +9,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
-from . import data as data_mod
-from . import graphs
-from .models import MODELS
+from samkit.data import datasets as data_mod
+from samkit.optim import graph_step as graphs
+from samkit.models import MODELS
 
 # sgd; sam and asam (SAM / adaptive SAM, the ascent every `sam_interval` steps); looksam
 # (LookSAM: SAM every `sam_interval` steps, the reused component in between); msam
-# (Momentum-SAM: ε from the momentum buffer, one pass per step). See samkit.sam.
+# (Momentum-SAM: ε from the momentum buffer, one pass per step). See samkit.optim.sam.
 OPTIMIZERS = ("sgd", "adam", "sam", "asam", "looksam", "msam")
 # What sam and asam wrap: SGD (with momentum) or Adam (torch.optim.Adam, weight decay as L2).
 BASE_OPTIMIZERS = ("sgd", "adam")
@@ -26,7 +26,7 @@ SCHEDULES = ("step", "step3", "cosine", "constant")
 LOSSES = ("auto", "ce", "mse")
 PRUNE = ("none", "random", "snip")
 REGRESSION_DATASETS = ("synthetic", "toy1d")
-COMPILE = ("eager", "graph")  # graph: the whole step in one CUDA graph (samkit.graphs)
+COMPILE = ("eager", "graph")  # graph: the whole step in one CUDA graph (samkit.optim.graph_step)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TrainConfig:
     eta: float = 0.01            # ASAM's T = |w| + eta
     sam_interval: int = 1        # sam/asam/looksam: the ascent (2nd pass) on 1 step in k
     looksam_alpha: float = 0.7   # looksam: weight of the reused component between SAM steps
-    bn_perturbed: str = "frozen"  # BatchNorm running stats in SAM's 2nd pass (samkit.bn)
+    bn_perturbed: str = "frozen"  # BatchNorm running stats in SAM's 2nd pass (samkit.optim.bn)
     base_optimizer: str = "sgd"  # sam/asam: the optimizer SAM wraps (adam: SAM(Adam))
     lr: float = 0.05
     momentum: float = 0.9
@@ -69,7 +69,7 @@ class TrainConfig:
     seed: int = 0
     # measurement
     hessian_samples: int = 0     # >0: λmax, trace, non-uniformity on this many training points
-    bn_drift: bool = False       # running stats vs those the final weights give (samkit.bn)
+    bn_drift: bool = False       # running stats vs those the final weights give (samkit.optim.bn)
     # execution (not part of a run's identity)
     device: str = "auto"
     bf16: bool = False
@@ -83,7 +83,7 @@ class TrainConfig:
     def key_dict(self) -> dict:
         """The fields that change a run's numbers (cache identity)."""
         d = dataclasses.asdict(self)
-        # compile: the same kernels in the same order as eager (samkit.graphs), so a graph run
+        # compile: the same kernels in the same order as eager (samkit.optim.graph_step), so a graph run
         # is the eager run on that device and shares its key (as device itself does).
         for k in ("device", "tag", "compile"):
             d.pop(k)

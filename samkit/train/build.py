@@ -1,5 +1,5 @@
 """What a run is made of: device, data, model, loss, optimizer and schedule from a TrainConfig,
-deterministic in its seeds (``build``). The loop that trains them is ``samkit.train``."""
+deterministic in its seeds (``build``). The loop that trains them is ``samkit.train.loop``."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +8,12 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from . import data as data_mod
-from . import graphs
-from .config import TrainConfig
-from .models import build_model, count_params
-from .sam import SAM
-from .sam_variants import LookSAM, MomentumSAM
+from samkit.data import datasets as data_mod
+from samkit.optim import graph_step as graphs
+from samkit.train.config import TrainConfig
+from samkit.models import build_model, count_params
+from samkit.optim.sam import SAM
+from samkit.optim.variants import LookSAM, MomentumSAM
 
 
 def pick_device(name: str) -> torch.device:
@@ -68,7 +68,7 @@ def _make_scheduler(cfg, opt):
 
 
 def _apply_pruning(cfg, model, data, loss_fn):
-    from . import sparsity
+    from samkit.measure import sparsity
     if cfg.prune == "none":
         return
     s = cfg.sparsity

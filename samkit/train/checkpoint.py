@@ -9,7 +9,7 @@ import pickle
 
 import torch
 
-from .config import KEY_OMITTED_AT_DEFAULT
+from samkit.train.config import KEY_OMITTED_AT_DEFAULT
 
 
 def save_checkpoint(path: str, state: dict) -> None:

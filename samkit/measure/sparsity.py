@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .models import count_params
+from samkit.models import count_params
 
 PRUNERS = ("random", "snip")
 MASK_SUFFIX = "_mask"  # the mask of ``weight`` is the buffer ``weight_mask`` on the same module

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import sampling, toy_data
-from .image_files import image_arrays
-# Re-exported for the trainer, the studies and the notebooks (samkit.data.TOY1D_X, ...);
+from samkit.data import sampling, toy as toy_data
+from samkit.data.files import image_arrays
+# Re-exported for the trainer, the studies and the notebooks (samkit.data.datasets.TOY1D_X, ...);
 # this module itself reads them through toy_data, so patching toy_data reaches both.
-from .toy_data import SYNTH_N_TRAIN, TOY1D_TEST_POINTS, TOY1D_X, TOY1D_Y  # noqa: F401
+from samkit.data.toy import SYNTH_N_TRAIN, TOY1D_TEST_POINTS, TOY1D_X, TOY1D_Y  # noqa: F401
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "synthetic", "toy1d")
 

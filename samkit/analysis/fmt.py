@@ -172,7 +172,7 @@ def claims_table(claims, source_effect: bool = True, bh: bool = False) -> str:
     verdict, delta_shown, robustness; source_shown and survives_bh when present).
     ``source_effect``: the source's own effect, where it gives one, beside its citation.
     ``bh``: mark a decided verdict that does not survive the Benjamini-Hochberg adjustment."""
-    from .sources import cite
+    from samkit.analysis.sources import cite
     claims = list(claims)
     with_source = source_effect and any(c.get("source_effect") is not None and
                                         c.get("source_effect") == c.get("source_effect")

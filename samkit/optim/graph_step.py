@@ -5,7 +5,7 @@ un-captured (SAM/SGD 2.9 on an H100), while the whole step captured together (bo
 the restore, the BatchNorm freeze, the base update) reached the floor of 2.0 (measured on one H100,
 torch 2.11). ``GraphStep`` does that for the trainer and for ``benchmarks/step_time.py``:
 
-* It runs exactly the step ``samkit.train.train_epoch`` runs eagerly (``train_step`` below), in
+* It runs exactly the step ``samkit.train.loop.train_epoch`` runs eagerly (``train_step`` below), in
   the same order, so a graph run's numbers are an eager run's on the same GPU (the run key
   leaves ``compile`` out, as it leaves out ``device``).
 * A *step kind* is what the optimizer is about to do: ``base`` (SGD), ``sam`` (the SAM family's
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .bn import bn_frozen
-from .sam import SAM
-from .sam_variants import MomentumSAM
+from samkit.optim.bn import bn_frozen
+from samkit.optim.sam import SAM
+from samkit.optim.variants import MomentumSAM
 
 WARMUP = 3  # eager steps of a kind before it is captured
 COUNTERS = ("_sam_steps", "grad_evals")  # Python-side state a SAM-family step advances
@@ -69,10 +69,10 @@ def hyper_key(opt) -> tuple:
 
 
 def train_step(model, opt, loss_fn, x, y, autocast, perturbed_bn=bn_frozen):
-    """The one training step: ``samkit.train.train_epoch`` runs it eagerly and ``GraphStep``
+    """The one training step: ``samkit.train.loop.train_epoch`` runs it eagerly and ``GraphStep``
     captures it. Returns the first pass's loss, detached, in float32. ``autocast()`` makes a
     fresh context (torch.autocast, or contextlib.nullcontext when bf16 is off);
-    ``perturbed_bn(model)`` the context of SAM's second pass (``samkit.bn.PERTURBED_PASS``)."""
+    ``perturbed_bn(model)`` the context of SAM's second pass (``samkit.optim.bn.PERTURBED_PASS``)."""
     if isinstance(opt, MomentumSAM):  # ε is known before the pass: to w̃ first
         opt.first_step(zero_grad=True)
     with autocast():

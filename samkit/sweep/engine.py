@@ -30,11 +30,11 @@ from contextlib import contextmanager
 import pandas as pd
 import torch
 
-from .atomic import _json_default, replacing
-from .atomic import write_json as write_json_atomic
-from .config import TrainConfig
-from .fit import epochs_to_fit, peaks
-from .train import derived_grad_evals, run as train_run
+from samkit.atomic import _json_default, replacing
+from samkit.atomic import write_json as write_json_atomic
+from samkit.train.config import TrainConfig
+from samkit.measure.fit import epochs_to_fit, peaks
+from samkit.train.loop import derived_grad_evals, train as train_run
 
 
 def expand(base: dict, grid: dict | None = None, arms: list[dict] | None = None) -> list[TrainConfig]:
@@ -302,7 +302,7 @@ def seal(cache: str) -> tuple[int, int, list[str]]:
 
 
 def _with_provenance(result: dict) -> dict:
-    from .provenance import provenance
+    from samkit.provenance import provenance
     return {**result, "provenance": provenance()}
 
 
@@ -314,7 +314,7 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def run(configs: list[TrainConfig], cache: str = "results/runs", quiet: bool = True,
+def run_sweep(configs: list[TrainConfig], cache: str = "results/runs", quiet: bool = True,
         progress: bool = True, workers: int | None = None) -> pd.DataFrame:
     """Run (or fetch) every config; one row per run with its config and metrics, in the order
     of ``configs``. Missing runs train in ``workers`` processes (default: one per core), each
@@ -365,7 +365,7 @@ def train_missing(configs, cache, quiet=True, progress=True, shard=None, lock="t
 
 
 def _in_processes(configs, cache, workers, progress) -> None:
-    """``workers`` fresh interpreters (`python -m samkit.worker`), each walking the same list
+    """``workers`` fresh interpreters (`python -m samkit.sweep.worker`), each walking the same list
     and taking the runs no other holds, so the load balances itself. The work list is locked
     while this process lives (a killed sweep's list is debris to ``remove_debris``)."""
     os.makedirs(cache, exist_ok=True)
@@ -377,7 +377,7 @@ def _in_processes(configs, cache, workers, progress) -> None:
     try:
         with open(path, "w") as f:
             json.dump([dataclasses.asdict(c) for c in configs], f)
-        cmd = [sys.executable, "-m", "samkit.worker", path, "--cache", cache]
+        cmd = [sys.executable, "-m", "samkit.sweep.worker", path, "--cache", cache]
         procs = []
         try:
             procs = [subprocess.Popen(cmd + ([] if progress else ["--no-progress"]))

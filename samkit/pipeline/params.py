@@ -22,15 +22,15 @@ import re
 
 import yaml
 
-from .studies import MODULES
-from .config import FIELD_TYPES, TrainConfig, check_field
-from .yaml_checks import number_hint, safe_load_unique
+from samkit.studies import MODULES
+from samkit.train.config import FIELD_TYPES, TrainConfig, check_field
+from samkit.pipeline.yaml_checks import number_hint, safe_load_unique
 
 PROFILES = ("quick", "cpu", "gpu")
 STUDIES = MODULES  # the registry: one module per study in samkit/studies/
 TOP_KEYS = ("profile", *STUDIES, "max_core_hours")
 # A sweep (`samkit sweep`, a study's stage) whose runs to train are estimated above this many
-# core-hours (samkit.sweep.estimate) starts only with --yes, or under a higher max_core_hours.
+# core-hours (samkit.sweep.engine.estimate) starts only with --yes, or under a higher max_core_hours.
 MAX_CORE_HOURS = 24.0
 SECTION_KEYS = ("base", "grid", "arms")
 
@@ -147,7 +147,7 @@ def _profile_configs(problems: list, name: str, profile: str, spec) -> list[Trai
     _check_runs(problems, name, path, base, grid, arms, bad)
     if len(problems) > before:
         return []
-    from .sweep import expand
+    from samkit.sweep.engine import expand
     return expand(base, grid, spec.get("arms"))
 
 
