@@ -54,40 +54,43 @@ Run ``python benchmarks/step_time.py --help``; results go to results/bench/step_
 rewritten after every config, so a killed run keeps what it measured; ``--resume`` then
 measures only the configs the JSON lacks (or holds with an error), and ``--budget-s`` stops
 starting configs after that many seconds (the rest are recorded as skipped, for a later
-``--resume``): what the GPU harvest (benchmarks/gpu_harvest.py) uses inside a short allocation.
+``--resume``): what the GPU harvest (tools/gpu_harvest.py) uses inside one short device call.
+
+The reference SAM is benchmarks/reference_sam.py; the device, clock and provenance helpers are
+benchmarks/common.py (shared with the other scripts here).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
-import datetime
-import gc
 import json
 import math
-import os
-import platform
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from samkit.optim.bn import bn_frozen
-from samkit.optim.graph_step import GraphStep
-from samkit import models
-from samkit.provenance import cpu_model
-from samkit.atomic import write_json
-from samkit.models import count_params
-from samkit.provenance import git_commit
-from samkit.optim.sam import SAM
-from samkit.optim.variants import LookSAM, MomentumSAM
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: the benchmarks package is in the repository root
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks.common import (CLOCKS, CPU_CLOCK_NEEDS, MODEL_NAMES,  # noqa: E402
+                               bench_provenance, cpu_clock_allowed, device_info, gc_paused, loadavg, parse_model,
+                               split_values, summary, sync, timer)
+from benchmarks.reference_sam import ReferenceSAM, bn_momentum_zero  # noqa: E402
+from samkit import models  # noqa: E402
+from samkit.atomic import write_json  # noqa: E402
+from samkit.models import count_params  # noqa: E402
+from samkit.optim.bn import bn_frozen  # noqa: E402
+from samkit.optim.graph_step import GraphStep  # noqa: E402
+from samkit.optim.sam import SAM  # noqa: E402
+from samkit.optim.variants import LookSAM, MomentumSAM  # noqa: E402
+
 SCHEMA = "samkit.bench.step_time/1"
 
 # Hyperparameters of every timed step (they do not change the work done, only the numbers).
@@ -128,71 +131,7 @@ QUICK = dict(models=["mlp-32", "preact18-2"], batches=[8], extra=[], modes=["fp3
              warmup=1, block=1)
 
 
-# --------------------------------------------------------------------------- reference SAM
-
-class ReferenceSAM(torch.optim.Optimizer):
-    """The blog seed's SAM, bug fixed (one global norm), written the way users write it."""
-
-    def __init__(self, params, base_optimizer, rho=0.05):
-        super().__init__(params, dict(rho=rho))
-        self.base_optimizer = base_optimizer
-        self.param_groups = self.base_optimizer.param_groups
-        for group in self.param_groups:
-            group.setdefault("rho", rho)
-
-    @torch.no_grad()
-    def first_step(self, zero_grad=False):
-        # The fix: ONE norm over all groups (the blog takes one per group).
-        grad_norm = sum(p.grad.norm().item() ** 2 for group in self.param_groups
-                        for p in group["params"] if p.grad is not None) ** 0.5
-        for group in self.param_groups:
-            scale = group["rho"] / (grad_norm + 1e-12)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                e_w = p.grad * scale
-                p.add_(e_w)
-                self.state[p]["e_w"] = e_w
-        if zero_grad:
-            self.zero_grad()
-
-    @torch.no_grad()
-    def second_step(self, zero_grad=False):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                p.sub_(self.state[p]["e_w"])
-        self.base_optimizer.step()
-        if zero_grad:
-            self.zero_grad()
-
-
-@contextlib.contextmanager
-def bn_momentum_zero(model):
-    """The common BN fix for the second pass: momentum 0, so running stats stay put."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in layers]
-    try:
-        for m in layers:
-            m.momentum = 0
-        yield
-    finally:
-        for m, momentum in zip(layers, saved):
-            m.momentum = momentum
-
-
 # --------------------------------------------------------------------------- models and steps
-
-# The benchmarks' short model names -> samkit.models' names.
-MODEL_NAMES = {"mlp": "mlp", "preact18": "preact_resnet18"}
-
-
-def parse_model(spec: str):
-    """'mlp-1024' -> ('mlp', 1024); None when ``spec`` is not a valid model name."""
-    m = re.fullmatch(r"(mlp|preact18)-([1-9][0-9]*)", spec)
-    return (m.group(1), int(m.group(2))) if m else None
-
 
 def build_model(spec: str) -> nn.Module:
     """The package's own model builder (the trainer's models, not copies)."""
@@ -306,17 +245,12 @@ def samkit_optimizer(variant: str, params):
 
 # --------------------------------------------------------------------------- timing
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_config(spec, batch, mode, device, steps, warmup, block, seed=0, variants=VARIANTS,
                 clock="wall"):
     """Median time of one step of each variant, interleaved round-robin. ``clock``: "wall"
     (perf_counter) or "cpu" (this thread's CPU time: on a CPU shared with other jobs, the time
     a step costs, not the time it waited for a core; needs one intra-op thread)."""
-    timer = time.perf_counter if clock == "wall" else time.thread_time
+    clock_now = timer(clock)
     torch.manual_seed(seed)
     base = build_model(spec).to(device)
     n_params = count_params(base)
@@ -336,38 +270,30 @@ def time_config(spec, batch, mode, device, steps, warmup, block, seed=0, variant
 
     def timed_block(v):
         n = n_block  # whole cycles of every variant, the same number of steps for all
-        _sync(device)
-        t0 = timer()
+        sync(device)
+        t0 = clock_now()
         for _ in range(n):
             run[v]()
-        _sync(device)
-        return (timer() - t0) / n
+        sync(device)
+        return (clock_now() - t0) / n
 
     for i in range(warmup):  # compile, allocator, cuDNN autotune, caches
         for v in variants:
             timed_block(v)
     samples = {v: [] for v in variants}
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for r in range(steps):
             k = r % len(variants)  # rotate the order: no variant always runs first
             for v in variants[k:] + variants[:k]:
                 samples[v].append(timed_block(v))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     finite = all(torch.isfinite(p).all().item() for m in models.values() for p in m.parameters())
 
     out = dict(model=spec, params=n_params, batch=batch, mode=mode, finite=finite,
                block_steps=n_block)
     for v in variants:
-        ms = [s * 1e3 for s in samples[v]]
-        q = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0]] * 3
-        med = statistics.median(ms)
-        out[v] = dict(median_ms=med, min_ms=min(ms), q1_ms=q[0], q3_ms=q[2], n=len(ms),
-                      img_per_s=batch / (med / 1e3), samples_ms=ms)
+        t = summary(samples[v], scale=1e3)  # milliseconds
+        out[v] = dict(median_ms=t["median"], min_ms=t["min"], q1_ms=t["q1"], q3_ms=t["q3"],
+                      n=t["n"], img_per_s=batch / (t["median"] / 1e3), samples_ms=t["samples"])
     out["ratio_sam_sgd"] = out["sam"]["median_ms"] / out["sgd"]["median_ms"]
     out["ratio_ref_sam_sgd"] = out["ref_sam"]["median_ms"] / out["sgd"]["median_ms"]
     out["speedup_sam_vs_ref"] = out["ref_sam"]["median_ms"] / out["sam"]["median_ms"]
@@ -376,26 +302,6 @@ def time_config(spec, batch, mode, device, steps, warmup, block, seed=0, variant
 
 
 # --------------------------------------------------------------------------- provenance, output
-
-def device_info(device):
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cuda"
-        extra = dict(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-                     tf32_cudnn=torch.backends.cudnn.allow_tf32,
-                     cudnn_benchmark=torch.backends.cudnn.benchmark)
-    else:
-        name, slug, extra = f"CPU ({cpu_model()})", "cpu", {}
-    return name, slug, extra
-
-
-def _loadavg():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
-
 
 def format_table(results):
     head = (f"{'model':<13}{'params':>10}{'batch':>6} {'mode':<8}{'SGD ms':>9}{'SAM ms':>9}"
@@ -431,10 +337,6 @@ def format_ratios(results):
 
 # --------------------------------------------------------------------------- CLI
 
-def _split(values):
-    return [v for item in values or [] for v in item.split(",") if v]
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Median step time of SGD vs samkit SAM vs a reference SAM vs SAM's "
@@ -459,7 +361,7 @@ def parse_args(argv=None):
                         f"{', '.join(VARIANTS[3:])} (default: all)")
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: torch's own; --quick: 1)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+    p.add_argument("--clock", choices=CLOCKS, default="wall",
                    help="wall: elapsed time; cpu: the benchmark thread's CPU time, for a CPU "
                         "shared with other jobs (needs --device cpu and --threads 1)")
     p.add_argument("--out", type=Path,
@@ -480,7 +382,8 @@ def parse_args(argv=None):
                           (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     d = dict(QUICK if args.quick else DEFAULTS[device.type])
 
-    models, batches, modes = _split(args.models), _split(args.batches), _split(args.modes)
+    models, batches, modes = (split_values(args.models), split_values(args.batches),
+                              split_values(args.modes))
     for m in models:
         if parse_model(m) is None:
             p.error(f"--models: bad value {m!r}; allowed: {MODEL_FORMS}, e.g. mlp-1024, "
@@ -488,7 +391,7 @@ def parse_args(argv=None):
     for b in batches:
         if not re.fullmatch(r"[1-9][0-9]*", b):
             p.error(f"--batches: bad value {b!r}; allowed: positive integers, e.g. 128 512")
-    variants = _split(args.variants)
+    variants = split_values(args.variants)
     for v in variants:
         if v not in VARIANTS:
             p.error(f"--variants: bad value {v!r}; allowed: {', '.join(VARIANTS)}")
@@ -517,9 +420,8 @@ def parse_args(argv=None):
             setattr(args, name, d[name])
     if args.threads is None and args.quick:
         args.threads = 1  # tiny tensors: a second thread only adds contention on a busy box
-    if args.clock == "cpu" and (device.type != "cpu" or args.threads != 1):
-        p.error("--clock: bad value 'cpu' here; allowed: cpu with --device cpu and --threads 1 "
-                "(a thread's CPU time misses other threads' and the GPU's work)")
+    if not cpu_clock_allowed(args.clock, device.type, args.threads):
+        p.error(CPU_CLOCK_NEEDS)
     return args
 
 
@@ -534,7 +436,7 @@ def main(argv=None):
         cfg = torch._dynamo.config  # a config compiles 2 BN states x 3 models: room to spare
         key = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
         setattr(cfg, key, max(getattr(cfg, key), 64))
-    load_before = _loadavg()
+    load_before = loadavg()
     print(f"step_time: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load {load_before}; {len(args.plan)} configs x {len(args.variants)} variants, "
           f"{args.warmup} warm-up + {args.steps} timed repetitions of {args.block} step(s)",
@@ -573,7 +475,7 @@ def main(argv=None):
     print()
     print(format_ratios(results))
     print(f"\nstep time / SGD step time per variant (sam_k*, looksam_k5: per step over whole "
-          f"cycles of k steps); load average before {load_before}, after {_loadavg()}."
+          f"cycles of k steps); load average before {load_before}, after {loadavg()}."
           f"\nwrote {out}")
     return 1 if any("error" in r for r in results) else 0
 
@@ -595,21 +497,6 @@ def _kept_results(out: Path, args) -> dict:
         return {}
     return {(r["model"], r["batch"], r["mode"]): r for r in old.get("results", [])
             if "error" not in r}
-
-
-def bench_provenance(argv, name, slug, extra, load_before, t_start, **more) -> dict:
-    """What produced a benchmark JSON (shared by every script here): code, device, versions,
-    threads, the load average around the run (timings are only as good as the load), wall
-    time and the arguments."""
-    return {
-        "commit": git_commit(), "device": name, "device_slug": slug,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_before": load_before, "loadavg_after": _loadavg(),
-        "wall_s": round(time.perf_counter() - t_start, 1),
-        "argv": sys.argv[1:] if argv is None else list(argv), **extra, **more,
-    }
 
 
 def _document(args, argv, name, slug, extra, load_before, t_start, results) -> dict:

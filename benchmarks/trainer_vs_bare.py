@@ -9,7 +9,7 @@ the same data tensors (already on the device), the same batch size and optimizer
   bare     ``bare_epoch`` below: the loop a user writes (README's "SAM in your training loop").
            Its SAM is samkit.SAM's first_step/second_step, not a hand-written perturbation: the
            question is what the trainer adds around a step, so both run the same optimizer
-           (step_time.py compares samkit.SAM with a hand-written reference SAM).
+           (step_time.py compares samkit.SAM with the hand-written SAM of reference_sam.py).
 
 Both draw each epoch's batch order from the trainer's per-(seed, epoch) generator, so they do
 exactly the same steps: after the run their weights must be equal (``same_weights``), which
@@ -34,29 +34,29 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import gc
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from samkit.data import datasets as data_mod
-from samkit.pipeline import params as params_mod
-from samkit.train import loop as train
-from samkit.atomic import write_json
-from samkit.optim.bn import bn_frozen
-from samkit.train.config import TrainConfig
-from samkit.models import count_params
-from samkit.optim.sam import SAM
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import MODEL_NAMES, _loadavg, bench_provenance, device_info  # noqa: E402
-from step_time import parse_model as step_time_parse_model  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: the benchmarks package is in the repository root
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from benchmarks.common import (CLOCKS, CPU_CLOCK_NEEDS, bench_provenance,  # noqa: E402
+                               cpu_clock_allowed, device_info, gc_paused, loadavg, sync, timer)
+from samkit.atomic import write_json  # noqa: E402
+from samkit.data import datasets as data_mod  # noqa: E402
+from samkit.models import count_params  # noqa: E402
+from samkit.optim.bn import bn_frozen  # noqa: E402
+from samkit.optim.sam import SAM  # noqa: E402
+from samkit.pipeline import params as params_mod  # noqa: E402
+from samkit.train import loop as train  # noqa: E402
+from samkit.train.config import TrainConfig  # noqa: E402
+
 SCHEMA = "samkit.bench.trainer_vs_bare/1"
 CONTENDERS = ("trainer", "bare")
 OPTIMIZERS = ("sgd", "sam")
@@ -100,8 +100,8 @@ def bare_optimizer(cfg, model):
 def parse_model(spec: str):
     """'mlp-512' -> ('mlp', 512), 'preact18-8' -> ('preact_resnet18', 8): step_time's model
     names, as the trainer names them; None when ``spec`` is not a valid model name."""
-    parsed = step_time_parse_model(spec)
-    return None if parsed is None else (MODEL_NAMES[parsed[0]], parsed[1])
+    parsed = common.parse_model(spec)
+    return None if parsed is None else (common.MODEL_NAMES[parsed[0]], parsed[1])
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,49 +141,41 @@ def load_data(cfg, synthetic: bool):
 # --------------------------------------------------------------------------- timing
 
 def _summary(seconds, n_images):
-    q = statistics.quantiles(seconds, n=4) if len(seconds) >= 2 else [seconds[0]] * 3
-    med = statistics.median(seconds)
-    return dict(median_s=med, min_s=min(seconds), q1_s=q[0], q3_s=q[2], n=len(seconds),
-                img_per_s=n_images / med, samples_s=seconds)
+    t = common.summary(seconds)
+    return dict(median_s=t["median"], min_s=t["min"], q1_s=t["q1"], q3_s=t["q3"], n=t["n"],
+                img_per_s=n_images / t["median"], samples_s=t["samples"])
 
 
 def time_config(cfg, data, reps, warmup, clock="wall"):
     """Epoch times of the trainer and the bare loop on copies of one model, interleaved."""
-    timer = time.perf_counter if clock == "wall" else time.thread_time
+    clock_now = timer(clock)
     data, model, opt, _, loss_fn = train.build(cfg, data)  # the sweep's model, optimizer, data
     bare_model = copy.deepcopy(model)
     bare_opt = bare_optimizer(cfg, bare_model)
     device = data.x_train.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     epochs = {c: 0 for c in CONTENDERS}
 
     def epoch(contender):
         e = epochs[contender]
         epochs[contender] += 1
-        sync()
-        t0 = timer()
+        sync(device)
+        t0 = clock_now()
         if contender == "trainer":
             train.train_epoch(cfg, model, opt, loss_fn, data, e)
         else:  # the trainer's batch order for this epoch: the same steps, hence same weights
             bare_epoch(bare_model, bare_opt, data.x_train, data.y_train, cfg.batch_size,
                        train._epoch_generator(cfg.seed, e, device))
-        sync()
-        return timer() - t0
+        sync(device)
+        return clock_now() - t0
 
     for _ in range(warmup):  # allocator, caches, lazy init
         for c in CONTENDERS:
             epoch(c)
     samples = {c: [] for c in CONTENDERS}
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection would land in one contender's block at random
-    try:
+    with gc_paused():
         for r in range(reps):
             for c in (CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]):  # rotate the order
                 samples[c].append(epoch(c))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     n = len(data.x_train)
     out = dict(model=cfg.model, width=cfg.width, depth=cfg.depth if cfg.model == "mlp" else None,
                optimizer=cfg.optimizer, params=count_params(model), batch=cfg.batch_size,
@@ -245,7 +237,7 @@ def parse_args(argv=None):
     p.add_argument("--synthetic", action="store_true", help="random tensors, not Fashion-MNIST")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, help="torch intra-op threads (--quick: 1)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+    p.add_argument("--clock", choices=CLOCKS, default="wall",
                    help="wall: elapsed time; cpu: this thread's CPU time, for a CPU shared "
                         "with other jobs (needs --device cpu and --threads 1)")
     p.add_argument("--out", type=Path,
@@ -272,9 +264,8 @@ def parse_args(argv=None):
     args.synthetic = args.synthetic or args.quick
     if args.threads is None and args.quick:
         args.threads = 1  # tiny tensors: a second thread only adds contention on a busy box
-    if args.clock == "cpu" and (args.device.type != "cpu" or args.threads != 1):
-        p.error("--clock: bad value 'cpu' here; allowed: cpu with --device cpu and --threads 1 "
-                "(a thread's CPU time misses other threads' and the GPU's work)")
+    if not cpu_clock_allowed(args.clock, args.device.type, args.threads):
+        p.error(CPU_CLOCK_NEEDS)
     return args
 
 
@@ -284,7 +275,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     name, slug, extra = device_info(args.device)
     out = args.out or REPO / "results" / "bench" / f"trainer_vs_bare_{slug}.json"
-    load_before, t_start = _loadavg(), time.perf_counter()
+    load_before, t_start = loadavg(), time.perf_counter()
     plan = [(m, o) for m in args.models for o in args.optimizers]
     print(f"trainer_vs_bare: {name}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, load {load_before}, clock {args.clock}; {len(plan)} configs, "
@@ -306,7 +297,7 @@ def main(argv=None):
     print(f"\nimg/s = training images / median epoch time ({args.clock} clock); trainer/bare: "
           f"ratio of img/s (goal >= 0.9); same weights: both loops ended with equal weights "
           f"(the same steps). Data: {source}. Load average before {load_before}, after "
-          f"{_loadavg()}.\nwrote {out}")
+          f"{loadavg()}.\nwrote {out}")
     return 0 if all(r["same_weights"] for r in results) else 1
 
 

@@ -32,17 +32,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from samkit.pipeline import params as params_mod
-from samkit.sweep import engine as sweep
-from samkit.atomic import write_json
-from samkit.train.config import TrainConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import _loadavg, bench_provenance, device_info  # noqa: E402  (step_time.py's provenance fields)
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: the benchmarks package is in the repository root
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.common import bench_provenance, device_info, loadavg  # noqa: E402
+from samkit.atomic import write_json  # noqa: E402
+from samkit.pipeline import params as params_mod  # noqa: E402
+from samkit.sweep import engine as sweep  # noqa: E402
+from samkit.train.config import TrainConfig  # noqa: E402
+
 SCHEMA = "samkit.bench.workers/1"
 # Fields of a stored result that differ between two trainings of the same run by nature.
 # Timing and provenance differ run to run; the checksum covers them, so it differs too.
@@ -150,7 +151,7 @@ def main(argv=None):
     out = args.out or REPO / "results" / "bench" / f"workers_{slug}.json"
     configs = grid(args.quick, args.epochs)
     order = [n for r in range(args.repeats) for n in ((1, 2) if r % 2 == 0 else (2, 1))]
-    load_before, t_start = _loadavg(), time.perf_counter()
+    load_before, t_start = loadavg(), time.perf_counter()
     print(f"workers: {name}, {os.cpu_count()} cores, load {load_before}; {len(configs)} runs "
           f"per sweep, sweeps of {order} worker(s)", flush=True)
     if load_before and load_before[0] > 0.5:
@@ -173,7 +174,7 @@ def main(argv=None):
     print(f"\nmedian wall: 1 worker {result['median_wall_s'][1]:.1f} s, 2 workers "
           f"{result['median_wall_s'][2]:.1f} s; speed-up {result['speedup']:.2f}x; results "
           f"bit-identical across all sweeps: {result['bit_identical']}. Load average before "
-          f"{load_before}, after {_loadavg()}.\nwrote {out}")
+          f"{load_before}, after {loadavg()}.\nwrote {out}")
     return 0 if result["bit_identical"] else 1
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m samkit {train,validate,sweep,stage,cache} ...`` (``--help`` on
+"""Command line: ``python -m samkit {train,validate,sweep,stage,cache,sync} ...`` (``--help`` on
 each). `train` runs anywhere (``pip install samkit``); the others work on a checkout of the
 samkit repository (its params.yaml, dvc.yaml, notebooks/ and run cache) and need the study
 extra (``pip install 'samkit[study]'``; ``stage`` needs ``'samkit[book]'``)."""
@@ -16,7 +16,7 @@ import sys
 import time
 
 # Commands that work on a repository checkout (what each reads there: _outside_repo).
-REPO_COMMANDS = ("validate", "sweep", "stage", "cache")
+REPO_COMMANDS = ("validate", "sweep", "stage", "cache", "sync")
 # Third-party modules of the extras (pyproject.toml): a command that finds one missing says
 # which extra to install, in one line.
 BOOK_MODULES = {"papermill", "nbformat", "nbclient", "seaborn", "matplotlib", "jupyter_book",
@@ -243,6 +243,17 @@ def cmd_cache(args, parser):
     return 1 if problems else 0
 
 
+def cmd_sync(args, parser):
+    """Write dvc.yaml's study lists and plots and the book's table of contents from the
+    registry (samkit/studies); --check: only say which are stale (exit 1)."""
+    from samkit.pipeline import sync
+    files = sync.stale() if args.check else sync.write()
+    for path in files:
+        print(f"{'stale' if args.check else 'wrote'}: {path}"
+              + (" (run `python -m samkit sync`)" if args.check else ""))
+    return 1 if args.check and files else 0
+
+
 def _outside_repo(args, stage_files: bool = False) -> str | None:
     """None, or why ``args.command`` (a repository command) cannot run here: what it reads
     from the working directory of a samkit checkout is missing, and its default was not
@@ -255,6 +266,8 @@ def _outside_repo(args, stage_files: bool = False) -> str | None:
         missing.append("params.yaml")
         override = {"validate": "pass a params file", "sweep": "pass --params FILE"}.get(
             args.command, "")
+    if args.command == "sync":
+        missing += [f for f in ("dvc.yaml", "book/_toc.yml") if not os.path.isfile(f)]
     if args.command == "stage" and (missing or stage_files):
         missing += [f for f in ("dvc.yaml", "notebooks/") if not os.path.exists(f)]
     if args.command == "cache" and args.cache == "results/runs" \
@@ -323,6 +336,9 @@ def main(argv=None):
                    help="seal: add the sha256 field to every result lacking one (once, when no "
                         "sweep is writing); verify: check every result")
     c.add_argument("--cache", default="results/runs")
+    y = sub.add_parser("sync", help="write dvc.yaml's study lists and plots and the book's "
+                       "table of contents from the registry (samkit/studies)")
+    y.add_argument("--check", action="store_true", help="only list the stale files (exit 1)")
     args = parser.parse_args(argv)
     if args.command in REPO_COMMANDS:
         why = _outside_repo(args)
@@ -331,7 +347,7 @@ def main(argv=None):
             return 2
     sub_parser = sub.choices[args.command]
     handler = {"train": cmd_train, "validate": cmd_validate, "sweep": cmd_sweep,
-               "stage": cmd_stage, "cache": cmd_cache}[args.command]
+               "stage": cmd_stage, "cache": cmd_cache, "sync": cmd_sync}[args.command]
     try:
         return handler(args, sub_parser) or 0
     except ModuleNotFoundError as e:

@@ -62,3 +62,12 @@ def provenance() -> dict:
             "cpu_isa": cpu_isa(), "torch": torch.__version__,
             "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def provenance_line(meta: dict) -> str:
+    """One line for a figure caption or page footer, from a study's saved metadata."""
+    p = meta["provenance"]
+    return (f"profile {meta['profile']} · {p['device']} · torch {p['torch']} · commit "
+            f"{p['commit']} · {p['date'][:10]} · {meta['n_runs']} runs "
+            f"({meta['n_cached']} from the run cache), seeds "
+            f"{','.join(map(str, meta['seeds']))} · {meta['run_seconds'] / 60:.1f} min of runs")

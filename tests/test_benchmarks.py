@@ -35,6 +35,46 @@ def _load(script=SCRIPT):
 st = _load()
 
 
+# --------------------------------------------------------------------------- the shared modules
+
+def test_scripts_import_only_public_names_of_the_shared_modules():
+    """Shared code lives in benchmarks/common.py and benchmarks/reference_sam.py; no script
+    reaches into another script or takes a private name."""
+    import ast
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "benchmarks":
+                assert {a.name for a in node.names} <= {"common", "reference_sam"}, path
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks"):
+                assert node.module in ("benchmarks.common", "benchmarks.reference_sam"), path
+                assert not any(a.name.startswith("_") for a in node.names), (path, node.module)
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in ("step_time", "trainer_vs_bare", "workers"), path
+
+
+def test_reference_sam_has_its_own_module():
+    from benchmarks import reference_sam
+    assert st.ReferenceSAM is reference_sam.ReferenceSAM
+    assert "class ReferenceSAM" not in SCRIPT.read_text()
+
+
+def test_common_helpers():
+    from benchmarks import common
+    assert common.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert common.parse_model("preact18-64") == ("preact18", 64)
+    assert common.parse_model("preact18-0") is None and common.parse_model("resnet-8") is None
+    assert common.split_values(["a,b", "c"]) == ["a", "b", "c"]
+    # quartiles as statistics.quantiles' default ("exclusive") method gives them for 1..8
+    t = common.summary([8, 1, 7, 2, 6, 3, 5, 4], scale=10)
+    assert (t["min"], t["q1"], t["median"], t["q3"], t["n"]) == (10, 22.5, 45, 67.5, 8)
+    assert common.summary([0.5])["q1"] == common.summary([0.5])["q3"] == 0.5
+    assert not common.cpu_clock_allowed("cpu", "cuda", 1)
+    assert not common.cpu_clock_allowed("cpu", "cpu", 2)
+    assert common.cpu_clock_allowed("cpu", "cpu", 1) and common.cpu_clock_allowed("wall", "cuda", 8)
+    with pytest.raises(ValueError):
+        common.timer("gpu")
+
+
 def _run_quick(script, out, *extra):
     proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out), *extra],
                           cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -2,7 +2,7 @@
 pass, bn_frozen on CUDA BatchNorm (cuDNN, channels_last), and the whole step captured in ONE
 CUDA graph (samkit.optim.graph_step.GraphStep, the trainer's compile="graph") against the eager step.
 
-Marked gpu and skipped without CUDA; `python benchmarks/gpu_harvest.py check` runs them first
+Marked gpu and skipped without CUDA; `python tools/gpu_harvest.py check` runs them first
 thing on a GPU machine (and its `start` falls back to eager training if a graph test fails).
 """
 from __future__ import annotations
@@ -270,7 +270,7 @@ def test_graph_training_equals_eager_training(optimizer):
 
 
 def test_graph_steps_in_threads_equal_eager_steps():
-    """The harvest's scheme (benchmarks/gpu_harvest.py start): runs in threads of one process,
+    """The harvest's scheme (tools/gpu_harvest.py train, via samkit.sweep.streams): runs in threads of one process,
     each on its own CUDA stream, capturing (one at a time) and replaying their own graphs while
     the others train, each equal to its eager twin trained alone afterwards."""
     import threading

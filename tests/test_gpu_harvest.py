@@ -8,8 +8,11 @@ allocations:
   runs the step again without its Python side effects: the trainer's compile="graph" must then
   give the eager run's numbers exactly (the real CUDA checks are tests/test_gpu.py);
 * benchmarks/step_time.py's --budget-s and --resume;
-* benchmarks/gpu_harvest.py: every subcommand, --dry-run (toy size on the CPU), in order, as on
-  the GPU machine, then ingest into a scratch repository and the headline study's gpu table.
+* samkit.sweep.streams: runs at once in threads, stored by the sweep engine, stopped at a
+  deadline and resumed, with the numbers of the engine's own serial path;
+* tools/gpu_harvest.py: its budget against the device's limits, and `all --dry-run` (toy size
+  on the CPU) as on the GPU machine, then ingest into a scratch repository and the headline
+  study's gpu table.
 """
 from __future__ import annotations
 
@@ -218,9 +221,77 @@ def test_budget_then_resume(tmp_path, one_thread, capsys):
     assert "1 of 2 configs already measured" in capsys.readouterr().out
 
 
+# ----------------------------------------------------------------------------- samkit.sweep.streams
+
+TINY = dict(dataset="synthetic", model="mlp", width=4, n_train=64, n_test=0, batch_size=16,
+            epochs=4, schedule="step")
+
+
+def test_streams_stop_at_the_deadline_resume_and_match_the_engine(tmp_path, one_thread):
+    """Two runs at once in threads: stopped by a deadline after their first evaluation, they
+    store nothing and leave checkpoints; run again, they finish from those checkpoints with the
+    numbers (and run keys) of the same configs trained one by one by the engine's serial path,
+    in the run-cache format that path writes."""
+    from samkit.sweep import streams
+    configs = [TrainConfig(**TINY, optimizer="sgd"), TrainConfig(**TINY, optimizer="sam")]
+    keys = [sweep.run_key(c) for c in configs]
+    cache = tmp_path / "streams"
+    seen = []
+    stopped = streams.train_concurrently(configs, str(cache), deadline=0.0,
+                                         on_epoch=lambda cfg, e: seen.append(e["epoch"]))
+    assert all(isinstance(stopped[k], streams.DeadlinePassed) for k in keys), stopped
+    assert seen == [1, 1]  # one evaluation each, then stopped
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{k}.ckpt" for k in keys)
+    done = streams.train_concurrently(configs, str(cache), provenance={"note": "test"})
+    serial = tmp_path / "serial"
+    for cfg, key in zip(configs, keys):
+        reference = sweep.cached_run(cfg, str(serial))
+        stored = sweep.read_result(str(cache / f"{key}.json"))  # sealed: the checksum holds
+        assert done[key]["key"] == key == reference["key"]
+        assert stored["history"] == reference["history"] and len(stored["history"]) == 4
+        assert stored["final"] == reference["final"]
+        assert stored["format"] == sweep.RESULT_FORMAT
+        assert stored["numerics"] == sweep.NUMERICS_VERSION
+        assert stored["provenance"]["concurrent_runs"] == 2
+        assert stored["provenance"]["note"] == "test"
+        assert sorted(stored) == sorted(sweep.read_result(str(serial / f"{key}.json")))
+    assert not list(cache.glob("*.ckpt"))  # removed once the result is stored
+
+
+def test_streams_serial_mode_starts_nothing_past_the_deadline(tmp_path, one_thread):
+    from samkit.sweep import streams
+    cfg = TrainConfig(**TINY, optimizer="sgd")
+    out = streams.train_concurrently([cfg], str(tmp_path), deadline=0.0, threads=False)
+    assert isinstance(out[sweep.run_key(cfg)], streams.DeadlinePassed)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------------------------- the harvest
 
-hv = _load("gpu_harvest_for_tests", REPO / "benchmarks" / "gpu_harvest.py")
+HARVEST = REPO / "tools" / "gpu_harvest.py"
+hv = _load("gpu_harvest_for_tests", HARVEST)
+
+
+def test_the_harvest_fits_one_device_call():
+    """The device's limits (the device tool's: a command of at most 600 s; 15 minutes of device
+    time per lent task, the machine's start of 1-2 minutes included): the harvest's worst case
+    of every step fits one command, with room left to train."""
+    b = hv.budget()
+    assert b["check_s"] + b["bench_s"] + b["train_min_s"] + b["collect_s"] == b["command_s"]
+    assert b["command_s"] <= 600 - 30 and b["call_limit_s"] <= 600
+    assert b["train_min_s"] >= 120
+    assert 120 + 600 + 30 <= b["device_time_s"] <= 15 * 60
+
+
+def test_one_writer_of_the_run_cache_format():
+    """The harvest stores runs only through the sweep engine: neither it nor the threaded mode
+    seals, formats or writes a result itself."""
+    for path in (HARVEST, REPO / "samkit" / "sweep" / "streams.py"):
+        src = path.read_text()
+        for needle in ("sealed(", '"format":', "NUMERICS_VERSION,", "write_json_atomic",
+                       "filelock"):
+            assert needle not in src, f"{path.name}: {needle}"
+    assert "cached_run(" in (REPO / "samkit" / "sweep" / "streams.py").read_text()
 
 
 def test_arms_come_from_params_yaml():
@@ -233,58 +304,58 @@ def test_arms_come_from_params_yaml():
     with pytest.raises(SystemExit) as e:
         hv.harvest_section(str(REPO / "params.yaml"), [0], ["SAM 15 ep"])
     assert "unknown 'SAM 15 ep'" in str(e.value)
+    # every arm, shortest first (forward+backward passes: SGD 300 x 1, SAM 150 x 2, SAM 200 x 2)
+    arms = hv._arms(hv.harvest_section(str(REPO / "params.yaml"), [0]), "cuda", "graph")
+    assert [a["tag"] for a in arms] == ["SGD 300 ep", "SAM 150 ep", "SAM 200 ep"]
 
 
 def _harvest(*args, check=True):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_harvest.py"), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(HARVEST), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
 
 @pytest.mark.slow
-def test_dry_run_of_every_subcommand(fmnist_root, tmp_path):
+def test_dry_run_of_one_device_call_then_ingest(fmnist_root, tmp_path, one_thread):
     d, out, repo = tmp_path / "harvest", tmp_path / "out", tmp_path / "repo"
-    common = ["--dir", str(d), "--dry-run"]
-    # check: facts, data, the GPU tests (skipped here)
-    p = _harvest("check", *common)
-    assert "torch" in p.stdout and "pytest -m gpu" in p.stdout
+    # all: check (the GPU tests, skipped here), bench (--quick), train, collect, in one command
+    p = _harvest("all", "--dir", str(d), "--dry-run", "--out", str(out), "--print-every", "0")
+    assert "pytest -m gpu" in p.stdout and "3 to train" in p.stdout and "compile eager" in p.stdout
+    steps = json.loads((d / "steps.json").read_text())
+    assert list(steps) == ["check", "bench", "train"]  # in this order
+    assert all(s["rc"] == 0 for s in steps.values()), steps
     check = json.loads((d / "check.json").read_text())
     assert check["tests"]["rc"] == 0 and "tests/test_gpu.py" in check["tests"]["files"]
     assert check["data"].startswith("fashion_mnist: 60000 training")
-    # bench: step_time at --quick size, resumable
-    _harvest("bench", *common)
     bench = json.loads((d / "bench" / "step_time_dry-run.json").read_text())
     assert bench["results"] and not any("error" in r for r in bench["results"])
     assert "--resume" in bench["provenance"]["argv"]
-    # start: one detached process; status waits for it; start again finds all done
-    p = _harvest("start", *common, "--settle", "1")
-    assert "3 runs" in p.stdout and "compile eager" in p.stdout
-    p = _harvest("status", *common, "--wait", "150", "--every", "10", "--poll", "0.5")
-    assert "every run is finished" in p.stdout, p.stdout
-    assert "every run is finished" in _harvest("start", *common).stdout
-    manifest = json.loads((d / "manifest.json").read_text())
-    assert manifest["dry_run"] and manifest["section"]["gpu"]["grid"]["seed"] == [0]
     # collect: results in the run-cache format, no weights, at most 8 files
-    _harvest("collect", *common, str(out))
     files = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
     assert len(files) <= 8 and not any(f.endswith(".ckpt") for f in files), files
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == 3
     epochs = {}
     for f in runs:
-        r = json.loads(f.read_text())
+        r = sweep.read_result(str(f))  # sealed
         cfg = TrainConfig(**r["config"])
         assert sweep.run_key(cfg) == f.stem
         assert r["format"] == sweep.RESULT_FORMAT and r["numerics"] == sweep.NUMERICS_VERSION
-        assert r["status"] == "ok" and len(r["history"]) == cfg.epochs and "provenance" in r
-        assert cfg.width == 2 and cfg.n_train == 256 and cfg.augment and r["harvest"]
+        assert r["status"] == "ok" and len(r["history"]) == cfg.epochs
+        assert cfg.width == 2 and cfg.n_train == 256 and cfg.augment
+        assert r["provenance"]["concurrent_runs"] == 3
+        assert r["provenance"]["trained_by"] == "tools/gpu_harvest.py"
         epochs[cfg.tag] = cfg.epochs
+        if cfg.tag == "SAM 150 ep":  # the reference: the trainer alone, in this process
+            alone = train.train(TrainConfig(**{**r["config"], "tag": ""}))
+            assert r["history"] == alone["history"]
     assert epochs == {"SGD 300 ep": 6, "SAM 150 ep": 3, "SAM 200 ep": 4}
     harvest = json.loads((out / "harvest.json").read_text())
-    assert harvest["status"]["done"] and harvest["check"]["tests"]["rc"] == 0
+    assert harvest["check"]["tests"]["rc"] == 0 and harvest["budget"] == hv.budget()
+    assert {r["state"] for r in harvest["progress"]["runs"].values()} == {"ok"}
     # ingest: refused as real results; into a scratch repository with --dry-run, where the
     # headline study's gpu table is computed from the run cache (nothing trained)
     p = _harvest("ingest", str(out), "--repo", str(repo), check=False)
@@ -301,6 +372,11 @@ def test_dry_run_of_every_subcommand(fmnist_root, tmp_path):
     assert list(table["n"] + table["unfit"]) == [1, 1, 1] and not table["diverged"].any()
     meta = json.loads((repo / "results" / "gpu" / "headline" / "metrics.json").read_text())
     assert meta["n_runs"] == meta["n_cached"] == 3
+    # the next lent task trains nothing the repository's run cache holds
+    known = ["--dry-run", "--known-cache", str(repo / "results" / "runs")]
+    assert _harvest("plan", *known).stdout.count("in the run cache") == 3
+    p = _harvest("train", "--dir", str(tmp_path / "next"), *known)
+    assert "0 to train" in p.stdout and not (tmp_path / "next" / "runs").exists()
 
 
 @pytest.mark.parametrize("failed, rc, want", [

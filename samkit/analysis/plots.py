@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from samkit.pipeline.results import provenance_line
+from samkit.provenance import provenance_line
 
 sns.set_theme(context="notebook", style="whitegrid")
 

@@ -16,7 +16,6 @@ gpu block is found on a laptop, before a GPU is booked.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import re
 
@@ -144,11 +143,8 @@ def _profile_configs(problems: list, name: str, profile: str, spec) -> list[Trai
     if not _mapping(problems, path, spec, SECTION_KEYS):
         return []
     base, grid, arms, bad = _checked_fields(problems, path, spec)
-    _check_runs(problems, name, path, base, grid, arms, bad)
-    if len(problems) > before:
-        return []
-    from samkit.sweep.engine import expand
-    return expand(base, grid, spec.get("arms"))
+    configs = _checked_runs(problems, name, path, base, grid, arms, bad)
+    return [] if len(problems) > before else configs
 
 
 def _checked_fields(problems: list, path: str, spec: dict):
@@ -195,26 +191,32 @@ def _checked_arms(problems: list, path: str, arms, bad: set):
     return good_arms
 
 
-def _check_runs(problems: list, name: str, path: str, base, grid, arms, bad: set) -> None:
-    """Every run of the block as a whole: a combination of valid fields can still be impossible
-    (n_train + n_val beyond the dataset), or lack what the study needs. Keys already reported
-    are left out (their defaults stand in), and so are the problems that would involve them.
-    Each problem is appended once, however many runs share it."""
-    seen = set()
+def _checked_runs(problems: list, name: str, path: str, base, grid, arms, bad: set) -> list:
+    """Every run of the block as a whole, as its TrainConfig: a combination of valid fields can
+    still be impossible (n_train + n_val beyond the dataset), or lack what the study needs.
+    Keys already reported are left out (their defaults stand in), and so are the problems that
+    would involve them. Each problem is appended once, however many runs share it. Returns
+    the configs (each run once; complete only when no problem was found)."""
+    from samkit.sweep.engine import combinations, unique
+    seen, configs = set(), []
     base = {k: v for k, v in base.items() if k not in bad}
     grid = {k: v for k, v in grid.items() if k not in bad}
     arms_ok = [{k: v for k, v in arm.items() if k not in bad} for arm in arms or []]
-    for kwargs in _combinations(base, grid, arms_ok or None):
-        for msg in _run_problems(name, kwargs, bad):
+    for kwargs in combinations(base, grid, arms_ok or None):
+        msgs, cfg = _run_problems(name, kwargs, bad)
+        configs += [cfg] if cfg is not None else []
+        for msg in msgs:
             if msg not in seen:
                 seen.add(msg)
                 problems.append(f"{path}: {msg}")
+    return unique(configs)
 
 
-def _run_problems(name: str, kwargs: dict, bad: set) -> list[str]:
+def _run_problems(name: str, kwargs: dict, bad: set) -> tuple[list[str], TrainConfig | None]:
     """What is wrong with one run's fields: what the study requires of it, early stopping
     asked for without a validation split, then every problem TrainConfig finds (it names only
-    the first: drop that key and ask again)."""
+    the first: drop that key and ask again); and its TrainConfig when TrainConfig accepts all
+    of its fields (the one place a run's values are validated)."""
     msgs, skip = [], set(bad)
     # TrainConfig's default (on) is harmless without n_val: "best" is then the last epoch, as
     # asked. Written out as true, it would report the last epoch as early-stopped.
@@ -228,29 +230,21 @@ def _run_problems(name: str, kwargs: dict, bad: set) -> list[str]:
         if key not in bad and not ok(value):
             set_by = "" if key in kwargs else " (the default)"
             msgs.append(f"{key}: got {value!r}{set_by}; allowed: {allowed}")
+    complete = True
     while True:
         try:
-            TrainConfig(**kwargs)
-            return msgs
+            cfg = TrainConfig(**kwargs)
+            return msgs, cfg if complete else None
         except ValueError as e:
+            complete = False
             msg = str(e)
             key = msg.split(":", 1)[0]
             if not any(re.search(rf"\b{k}\b", msg) for k in skip):
                 msgs.append(msg)
             if key not in kwargs:
-                return msgs
+                return msgs, None
             skip.add(key)
             kwargs = {k: v for k, v in kwargs.items() if k != key}
-
-
-def _combinations(base: dict, grid: dict, arms):
-    """The field values of every run of a block, merged as ``sweep.expand`` merges them: base,
-    then one value of each axis (grid and the arm's list values), then the arm's fixed values."""
-    for arm in arms or [{}]:
-        axes = {**grid, **{k: v for k, v in arm.items() if isinstance(v, list)}}
-        fixed = {k: v for k, v in arm.items() if not isinstance(v, list)}
-        for combo in itertools.product(*axes.values()):
-            yield {**base, **dict(zip(axes, combo)), **fixed}
 
 
 def _mapping(problems, path, value, allowed) -> bool:

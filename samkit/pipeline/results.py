@@ -11,7 +11,7 @@ import os
 
 import pandas as pd
 
-from samkit.provenance import provenance
+from samkit.provenance import provenance, provenance_line
 from samkit.atomic import replacing, write_json as write_json_atomic
 
 RUN_COLUMNS = ("tag", "model", "width", "depth", "optimizer", "rho", "label_noise", "prune",
@@ -88,15 +88,6 @@ def load(study: str, profile: str, root: str = "results") -> tuple[dict, dict[st
 def _csv_atomic(df: pd.DataFrame, path: str) -> None:
     with replacing(path) as f:
         df.to_csv(f, index=False, float_format="%.6g")
-
-
-def provenance_line(meta: dict) -> str:
-    """One line for a figure caption or page footer."""
-    p = meta["provenance"]
-    return (f"profile {meta['profile']} · {p['device']} · torch {p['torch']} · commit "
-            f"{p['commit']} · {p['date'][:10]} · {meta['n_runs']} runs "
-            f"({meta['n_cached']} from the run cache), seeds "
-            f"{','.join(map(str, meta['seeds']))} · {meta['run_seconds'] / 60:.1f} min of runs")
 
 
 def glue_metrics(meta: dict, glue) -> None:

@@ -33,7 +33,7 @@ def run_study(name: str, section: dict, profile: str, cache: str = "results/runs
     goes into the notebook, whose cell the book hides). ``retrain_root``: the retrain check's
     runs (default ``<root>/retrain``)."""
     t0 = time.time()
-    raw = sweep.run(params.study_configs(name, section, profile), cache=cache,
+    raw = sweep.run_sweep(params.study_configs(name, section, profile), cache=cache,
                     progress=progress)
     runs = fit.mark(raw)
     analyze = studies.module(name).analyze

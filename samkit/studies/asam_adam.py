@@ -19,6 +19,16 @@ from samkit.analysis.regime import status_line
 NAME = "asam_adam"
 TITLE = "ASAM, and SAM on Adam"
 QUESTION = "Does ASAM beat SAM, and does SAM improve Adam?"
+PART, POSITION = "Sources' other claims", 3  # its page in the book: part and place in it
+QUEUED = True  # its cpu runs are still training: not staged, not in the book yet
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "tuned differences vs width, one colour per comparison and noise rate",
+        "template": "pp_vs_log2",
+        "table": "gains",
+        "x": "width",
+        "y": "estimate",
+        "x_label": "width (log2 axis)",
+        "y_label": "difference in test accuracy (pp)"}
 CELL = ["width", "label_noise"]
 COMPARISONS = {  # claim id: (treatment tag, control tag, text, source)
     "asam_vs_sam": ("ASAM", "SAM", "ASAM (tuned ρ) beats SAM (tuned ρ)",

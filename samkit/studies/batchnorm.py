@@ -24,6 +24,15 @@ NAME = "batchnorm"
 TITLE = "The BatchNorm gotcha: SAM's second pass and the running statistics"
 QUESTION = ("Does letting SAM's perturbed pass update BatchNorm's running statistics degrade "
             "the model?")
+PART, POSITION = "Sources' other claims", 5  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "eval-mode test accuracy per seed, one colour per arm (fix, no fix, momentum 0)",
+        "template": "percent",
+        "table": "per_seed",
+        "x": "seed",
+        "y": "test_acc",
+        "x_label": "seed",
+        "y_label": "test accuracy, eval mode (%)"}
 SOURCE = "the BatchNorm post (seed 001): without the fix, normalisation layers drift"
 FROZEN, UPDATED, MOMENTUM0 = ({"bn_perturbed": m} for m in ("frozen", "updated", "momentum0"))
 ARMS = {"frozen": "frozen (the fix)", "updated": "updated (no fix)",

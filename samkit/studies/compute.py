@@ -12,6 +12,15 @@ from samkit.analysis.regime import status_line
 NAME = "compute"
 TITLE = "Equal compute: does SAM still win when SGD gets twice the epochs?"
 QUESTION = "Does SAM beat SGD trained for twice the epochs, and what does SAM cost?"
+PART, POSITION = "Overparameterization and SAM", 5  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "paired differences vs parameters (SAM 1x − SGD 2x and the others)",
+        "template": "pp_vs_log2",
+        "table": "gains",
+        "x": "params",
+        "y": "estimate",
+        "x_label": "parameters (log2 axis)",
+        "y_label": "difference in test accuracy (pp)"}
 SAM_1X, SGD_1X, SGD_2X = {"tag": "SAM 1x"}, {"tag": "SGD 1x"}, {"tag": "SGD 2x"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 TIME = "train_seconds"    # training only: no data loading, evaluation or checkpoints

@@ -22,6 +22,15 @@ from samkit.analysis.regime import status_line
 NAME = "datasize"
 TITLE = "Data size: does SAM's gain follow the parameters per training example?"
 QUESTION = "Does SAM's gain over SGD grow with the number of parameters per training example?"
+PART, POSITION = "Overparameterization and SAM", 7  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM − SGD test accuracy vs parameters per training example",
+        "template": "pp_vs_log2",
+        "table": "gain",
+        "x": "params_per_example",
+        "y": "estimate",
+        "x_label": "parameters per training example (log2 axis)",
+        "y_label": "SAM − SGD test accuracy (pp)"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 SOURCE = "beyond Shin et al. (Sec. 3 varies width at fixed data)"
 # Training set sizes for n_train 0 ("the whole training set, less the validation split").

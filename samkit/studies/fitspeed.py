@@ -29,6 +29,15 @@ from samkit.analysis.regime import status_line
 NAME = "fitspeed"
 TITLE = "SAM fits later: epochs to reach a training accuracy"
 QUESTION = "Does SAM take more epochs than SGD to fit its training set?"
+PART, POSITION = "Sources' other claims", 4  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM/SGD epochs to reach 95% and 99% training accuracy vs width",
+        "template": "ratio_vs_log2",
+        "table": "ratios",
+        "x": "width",
+        "y": "estimate",
+        "x_label": "width (log2 axis)",
+        "y_label": "SAM / SGD epochs (log2 axis)"}
 SOURCE = "the blog (seed 000): SAM's training accuracy reaches near-perfect levels later"
 DELTA = math.log(1.1)   # ×1.1: the book's δ for a ratio
 DELTA_REASON = "×1.1, the book's δ for a ratio (10% more epochs)"

@@ -18,12 +18,21 @@ from samkit.analysis.claims import Analysis, Claim
 from samkit.analysis.effects import effect_at, ensure_columns, paired_table
 from samkit.analysis.regime import status_line
 # The page's figure and table: the notebook calls them as frontier.figure/display_table.
-from samkit.studies.frontier_view import display_table, figure  # noqa: F401
+from samkit.analysis.frontier_view import display_table, figure  # noqa: F401
 
 NAME = "frontier"
 TITLE = "What does SAM cost? Cheaper SAM variants and the equal-compute frontier"
 QUESTION = ("Per gradient evaluation, which of SGD with more epochs, SAM and its cheaper "
             "variants gives the best test accuracy?")
+PART, POSITION = "Cost and method", 1  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "test accuracy vs gradient evaluations (relative to SGD 1x), every method and cell",
+        "template": "percent",
+        "table": "methods",
+        "x": "budget",
+        "y": "acc",
+        "x_label": "gradient evaluations (× SGD 1×)",
+        "y_label": "test accuracy (%)"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 EVALS = "grad_evals"      # forward+backward passes of the training steps
 TIME = "train_seconds"    # training only: no data loading, evaluation or checkpoints

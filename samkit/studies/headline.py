@@ -13,6 +13,15 @@ from samkit.analysis.claims import Analysis, Claim, SourceEffect
 NAME = "headline"
 TITLE = "Headline: SAM at equal compute, the blog's table"
 QUESTION = "At equal gradient evaluations, does SAM beat SGD, with a smaller train-test gap?"
+PART, POSITION = "Headline", 1  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "final test accuracy per arm vs epochs",
+        "template": "percent",
+        "table": "vs_blog",
+        "x": "epochs",
+        "y": "test_acc",
+        "x_label": "epochs",
+        "y_label": "test accuracy (%)"}
 SOURCE = "blog (seed 000), Fashion-MNIST PreActResNet18 table"
 # The blog's table (seed 000): PreActResNet18 (width 64) on Fashion-MNIST, batch 128, rho 0.05.
 BLOG_TABLE = pd.DataFrame([

@@ -21,6 +21,15 @@ from samkit.analysis.regime import status_line
 NAME = "hessian"
 TITLE = "Hessian: are SAM's minima flatter and more uniform than SGD's?"
 QUESTION = "Does SAM reach minima with a smaller and more uniform Hessian than SGD?"
+PART, POSITION = "Why: the minima SAM finds", 1  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM/SGD ratio vs parameters, one colour per measure",
+        "template": "ratio_vs_log2",
+        "table": "ratio",
+        "x": "params",
+        "y": "estimate",
+        "x_label": "parameters (log2 axis)",
+        "y_label": "SAM / SGD (log2 axis)"}
 SOURCE = "Shin et al. Sec. 6.1, Fig. 6"
 # measure -> (run column, label)
 MEASURES = {"lambda_max": ("hessian_lambda_max", "λmax (top eigenvalue)"),

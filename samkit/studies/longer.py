@@ -19,6 +19,16 @@ from samkit.analysis.regime import status_line
 NAME = "longer"
 TITLE = "Longer training: does SGD degrade while SAM holds?"
 QUESTION = "When training runs longer, does SGD's test accuracy degrade while SAM's holds?"
+PART, POSITION = "Sources' other claims", 2  # its page in the book: part and place in it
+QUEUED = True  # its cpu runs are still training: not staged, not in the book yet
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "change in test accuracy from the shortest run vs epochs, per optimizer and noise rate",
+        "template": "pp_vs_log2",
+        "table": "changes",
+        "x": "epochs",
+        "y": "estimate",
+        "x_label": "epochs (log2 axis)",
+        "y_label": "change in test accuracy (pp)"}
 SOURCE = "Foret et al. 2021: SAM trains longer without overfitting; standard training degrades"
 METRIC = "final_test_acc"
 DELTA = 0.003

@@ -13,6 +13,15 @@ from samkit.analysis.regime import status_line
 NAME = "noise"
 TITLE = "Label noise: does SAM's gain grow with width, and more so with noisier labels?"
 QUESTION = "Does label noise make SAM's gain over SGD grow faster with model size?"
+PART, POSITION = "Overparameterization and SAM", 3  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM − SGD test accuracy vs parameters, one colour per noise rate",
+        "template": "pp_vs_log2",
+        "table": "gain",
+        "x": "params",
+        "y": "estimate",
+        "x_label": "parameters (log2 axis)",
+        "y_label": "SAM − SGD test accuracy (pp)"}
 METRIC = "best_test_acc"  # clean test labels, at the epoch of best (clean) validation accuracy
 # Smallest effects worth having, as in the width study: a gain of 0.3 pp (the paper's smallest
 # reported gains are 0.2-2 pp; 3 test images in 1,000) and a trend of 0.1 pp per doubling of

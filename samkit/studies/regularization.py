@@ -28,6 +28,15 @@ from samkit.analysis.regime import status_line
 NAME = "regularization"
 TITLE = "Regularization: does SAM's width trend survive without weight decay or early stopping?"
 QUESTION = "Does the growth of SAM's gain with width need weight decay and early stopping?"
+PART, POSITION = "Overparameterization and SAM", 6  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM − SGD test accuracy vs parameters, one colour per variant",
+        "template": "pp_vs_log2",
+        "table": "gain",
+        "x": "params",
+        "y": "estimate",
+        "x_label": "parameters (log2 axis)",
+        "y_label": "SAM − SGD test accuracy (pp)"}
 REGULARIZED, NO_WD, NO_ES = "regularized", "no weight decay", "no early stopping"
 VARIANTS = (REGULARIZED, NO_WD, NO_ES)
 ABLATIONS = {NO_WD: "weight_decay", NO_ES: "early_stopping"}  # ablation -> what it removes

@@ -14,6 +14,15 @@ from samkit.analysis.regime import status_line
 NAME = "rho"
 TITLE = "ρ*: does the best perturbation radius grow with width?"
 QUESTION = "Does the best SAM radius ρ* grow with model size?"
+PART, POSITION = "Overparameterization and SAM", 2  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM − SGD test accuracy vs ρ, one colour per width",
+        "template": "pp_vs_log",
+        "table": "gain",
+        "x": "rho",
+        "y": "estimate",
+        "x_label": "ρ (log axis)",
+        "y_label": "SAM − SGD test accuracy (pp)"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 SOURCE = "Shin et al. Sec. 4.2 (Fig. 4)"
 # Smallest effects worth having. ρ* trend: ×1.1 per doubling of the parameters (ln 1.1 in the

@@ -25,6 +25,15 @@ from samkit.analysis.regime import status_line
 NAME = "simplicity"
 TITLE = "Simplicity: does SAM find simpler functions than SGD when overparameterized?"
 QUESTION = "Are the functions SAM learns simpler than SGD's once the network is wide?"
+PART, POSITION = "Why: the minima SAM finds", 2  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM/SGD ratio vs parameters, one colour per measure",
+        "template": "ratio_vs_log2",
+        "table": "ratio",
+        "x": "params",
+        "y": "estimate",
+        "x_label": "parameters (log2 axis)",
+        "y_label": "SAM / SGD (log2 axis)"}
 SOURCE = "Shin et al. Sec. 4.1, Fig. 2"
 MEASURES = {"slope_tv": "total variation of the slope", "pieces": "linear pieces"}
 KINK_TOL = 0.5    # a kink: the slope changes by more than this between grid steps

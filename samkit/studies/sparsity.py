@@ -6,13 +6,22 @@ import pandas as pd
 
 from samkit.analysis import fmt, stats
 from samkit.analysis.claims import Analysis, Claim
-from samkit.analysis.effects import effect_at, ensure_columns, paired_table
+from samkit.analysis.effects import (SAM_RUNS, SGD_RUNS, effect_at, ensure_columns,
+                                     paired_table)
 from samkit.analysis.regime import status_line
 
 NAME = "sparsity"
 TITLE = "Sparsity: do sparse wide models gain more from SAM than a dense small one?"
 QUESTION = "At equal nonzero parameters, does a wider sparse model gain more from SAM?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
+PART, POSITION = "Overparameterization and SAM", 4  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM − SGD test accuracy vs width, dense and pruned",
+        "template": "pp_vs_log2",
+        "table": "gain",
+        "x": "width",
+        "y": "estimate",
+        "x_label": "width (log2 axis)",
+        "y_label": "SAM − SGD test accuracy (pp)"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 SOURCE = "Shin et al. Sec. 5 (Fig. 5b)"
 # Smallest effect worth having: 0.3 pp, as in the width study (the paper's smallest reported
@@ -27,7 +36,7 @@ NO_FINISHED_RUN = {"final_train_acc_min": "n/a", "final_train_acc_max": "n/a"}
 
 def analyze(runs: pd.DataFrame) -> Analysis:
     runs = ensure_columns(runs, (METRIC,))
-    gain = paired_table(runs, METRIC, SAM, SGD, by=["prune", "width", "params"])
+    gain = paired_table(runs, METRIC, SAM_RUNS, SGD_RUNS, by=["prune", "width", "params"])
     gain = gain.merge(_nonzero(runs), on=["prune", "width"], how="left")
     dense = runs[runs["prune"] == "none"]
     dense_width = dense["width"].max() if len(dense) else None
@@ -63,7 +72,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
 
 def _seed_gain(cell: pd.DataFrame) -> pd.Series:
     """SAM − SGD per seed in one model variant; NaN where a side diverged."""
-    p = stats.pairs(cell, METRIC, SAM, SGD)
+    p = stats.pairs(cell, METRIC, SAM_RUNS, SGD_RUNS)
     return p.set_index("seed")["diff"].groupby(level=0).first()
 
 

@@ -26,6 +26,16 @@ NAME = "tuning"
 TITLE = "Tuning parity: SAM against a tuned SGD"
 QUESTION = ("Does SAM beat SGD when both get the same tuning budget, and the same gradient "
             "evaluations?")
+PART, POSITION = "Sources' other claims", 1  # its page in the book: part and place in it
+QUEUED = True  # its cpu runs are still training: not staged, not in the book yet
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "tuned and untuned differences vs width, one colour per comparison and noise rate",
+        "template": "pp_vs_log2",
+        "table": "gains",
+        "x": "width",
+        "y": "estimate",
+        "x_label": "width (log2 axis)",
+        "y_label": "difference in test accuracy (pp)"}
 SOURCE = "Foret et al. 2021 (SAM improves on tuned baselines); AlgoPerf's equal-budget rule"
 # The fixed recipe of the other studies: the cpu profile's research base, and the quick and gpu
 # profiles' (their &small and &full bases). The first whose trial every arm holds is used.

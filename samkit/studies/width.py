@@ -5,11 +5,20 @@ import pandas as pd
 
 from samkit.analysis import sources, stats
 from samkit.analysis.claims import Analysis, Claim, SourceEffect
+from samkit.analysis.effects import SAM_RUNS, SGD_RUNS
 
 NAME = "width"
 TITLE = "Width: does SAM's gain grow with the number of parameters?"
 QUESTION = "Does SAM's gain over SGD grow with model size?"
-SAM, SGD = {"optimizer": "sam"}, {"optimizer": "sgd"}
+PART, POSITION = "Overparameterization and SAM", 1  # its page in the book: part and place in it
+# its `dvc plots show` view: one column of one of its tables
+PLOT = {"title": "SAM − SGD test accuracy vs parameters",
+        "template": "pp_vs_log2",
+        "table": "gain",
+        "x": "params",
+        "y": "estimate",
+        "x_label": "parameters (log2 axis)",
+        "y_label": "SAM − SGD test accuracy (pp)"}
 METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accuracy
 # Smallest effects worth having. Gain: 0.3 pp, about the smallest gain the paper reports as
 # meaningful (0.2-2 pp) and 3 test images in 1,000. Trend: 0.1 pp per doubling of the
@@ -18,7 +27,7 @@ DELTA_GAIN, DELTA_SLOPE = 0.003, 0.001
 
 
 def analyze(runs: pd.DataFrame) -> Analysis:
-    gain = stats.paired(runs, METRIC, SAM, SGD, by=["model", "width", "params"])
+    gain = stats.paired(runs, METRIC, SAM_RUNS, SGD_RUNS, by=["model", "width", "params"])
     claims, facts = [], {}
     for model, g in runs.groupby("model", sort=True):
         widest = g["width"].max()
@@ -26,7 +35,7 @@ def analyze(runs: pd.DataFrame) -> Analysis:
         claims += [
             Claim(f"{model}.grows", f"SAM's gain grows with the parameters ({model}, over the "
                   "paper's range of model sizes)",
-                  "Shin et al. Sec. 3", stats.slope(g, METRIC, SAM, SGD), DELTA_SLOPE,
+                  "Shin et al. Sec. 3", stats.slope(g, METRIC, SAM_RUNS, SGD_RUNS), DELTA_SLOPE,
                   "0.1 pp per doubling: 0.7 pp over a 128x wider model", unit="pp/doubling",
                   source_effect=SourceEffect(sources.shin_mlp_slope(), sources.SHIN_MLP_WHERE)
                   if mlp else None),
@@ -49,7 +58,7 @@ def _narrowest_fit(g: pd.DataFrame, model: str) -> Claim:
     narrowest = g["width"].min()
     at = g[g["width"] == narrowest].assign(
         status=lambda d: d["status"].replace("unfit", "ok"))
-    effect = (stats.mean_effect(stats.pairs(at, "peak_train_acc_clean", SAM, SGD)
+    effect = (stats.mean_effect(stats.pairs(at, "peak_train_acc_clean", SAM_RUNS, SGD_RUNS)
                                 .query("ok")["diff"])
               if "peak_train_acc_clean" in at else stats.NO_EFFECT)
     return Claim(f"{model}.fit",

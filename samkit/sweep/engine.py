@@ -37,21 +37,32 @@ from samkit.measure.fit import epochs_to_fit, peaks
 from samkit.train.loop import derived_grad_evals, train as train_run
 
 
-def expand(base: dict, grid: dict | None = None, arms: list[dict] | None = None) -> list[TrainConfig]:
-    """Configs for ``base`` × product(grid) × arms. A list value inside an arm is an axis of
-    that arm only (e.g. each model its own widths). Later keys override earlier ones; identical
-    configs (e.g. SGD at several rho) appear once."""
-    configs, seen = [], set()
+def combinations(base: dict, grid: dict | None = None, arms: list[dict] | None = None):
+    """The field values of every run of a params block, in order: ``base``, then one value of
+    each axis (the grid's, and an arm's list values: e.g. each model its own widths), then the
+    arm's fixed values; later keys override earlier ones. The one expansion rule of the
+    base/grid/arms schema (params.yaml's validation walks the same runs)."""
     for arm in arms or [{}]:
         axes = {**(grid or {}), **{k: v for k, v in arm.items() if isinstance(v, list)}}
         fixed = {k: v for k, v in arm.items() if not isinstance(v, list)}
         for combo in itertools.product(*axes.values()):
-            cfg = TrainConfig(**{**base, **dict(zip(axes, combo)), **fixed})
-            k = (run_key(cfg), cfg.tag)
-            if k not in seen:
-                seen.add(k)
-                configs.append(cfg)
-    return configs
+            yield {**base, **dict(zip(axes, combo)), **fixed}
+
+
+def unique(configs) -> list[TrainConfig]:
+    """``configs`` without repeats (e.g. SGD at several rho: one run), first one kept."""
+    out, seen = [], set()
+    for cfg in configs:
+        k = (run_key(cfg), cfg.tag)
+        if k not in seen:
+            seen.add(k)
+            out.append(cfg)
+    return out
+
+
+def expand(base: dict, grid: dict | None = None, arms: list[dict] | None = None) -> list[TrainConfig]:
+    """Configs for ``base`` × product(grid) × arms (``combinations``), each run once."""
+    return unique(TrainConfig(**kw) for kw in combinations(base, grid, arms))
 
 
 # Bumped when a stored result gains or changes fields: older cache entries are retrained.
@@ -139,15 +150,24 @@ def remove_debris(cache: str) -> None:
         _unlink_and_close(path, fd)
 
 
-def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True, lock: str = "wait"):
+def cached_run(cfg: TrainConfig, cache: str, quiet: bool = True, lock: str = "wait",
+               data=None, on_epoch=None, provenance: dict | None = None):
     """The result of ``cfg``, from ``cache`` if present (read-only access is enough), else
     trained (resuming a checkpoint left by a killed attempt) and stored. ``lock``: see
-    ``_locked``; with "try", None when another process is training it right now."""
+    ``_locked``; with "try", None when another process is training it right now.
+
+    For a caller that trains several runs in one process (samkit.sweep.streams): ``data``, the
+    config's data set loaded once for all of them (the loader is not made for threads);
+    ``on_epoch(entry)``, called after each evaluation and its checkpoint (an exception it
+    raises stops the run: nothing is stored, the checkpoint stays to resume from);
+    ``provenance``, fields added to the stored result's provenance (e.g. how many runs shared
+    the device, which makes its times shared-device times). None of them changes a number of
+    the run or its key."""
     result = _load_cached(cfg, cache)
     if result is None:
         key = run_key(cfg)
         result = _train_and_store(cfg, cache, key, os.path.join(cache, f"{key}.json"), quiet,
-                                  lock)
+                                  lock, data=data, on_epoch=on_epoch, provenance=provenance)
         if result is None:
             return None
         result["key"] = key
@@ -164,7 +184,10 @@ def _load_cached(cfg, cache) -> dict | None:
     return result
 
 
-def _train_and_store(cfg, cache, key, path, quiet, lock) -> dict | None:
+def _train_and_store(cfg, cache, key, path, quiet, lock, data=None, on_epoch=None,
+                     provenance=None) -> dict | None:
+    """The one writer of the run-cache format: train ``cfg`` under the key's lock and store its
+    sealed result at ``path`` (None if another process holds the lock and ``lock`` is "try")."""
     os.makedirs(cache, exist_ok=True)
     with _locked(path + ".lock", lock) as mine:
         if not mine:
@@ -178,9 +201,10 @@ def _train_and_store(cfg, cache, key, path, quiet, lock) -> dict | None:
             return result
         ckpt = os.path.join(cache, f"{key}.ckpt")
         with _threads(RUN_THREADS):
-            result = train_run(cfg, checkpoint=ckpt, quiet=quiet)
+            result = train_run(cfg, checkpoint=ckpt, quiet=quiet, data=data, on_epoch=on_epoch)
         result = {**_with_provenance(result), "format": RESULT_FORMAT,
                   "numerics": NUMERICS_VERSION}
+        result["provenance"].update(provenance or {})
         write_json_atomic(path, sealed(result))
         if os.path.exists(ckpt):
             os.remove(ckpt)

@@ -219,7 +219,7 @@ def validate_config(cfg) -> None:
                          "allowed: a width smaller than the model's")
     # Subsets the dataset can give: caught here, before any data is loaded, rather than inside
     # a notebook's kernel (n_train) or silently ignored (an n_test above the test set's size
-    # used to mean the whole test set).
+    # would quietly become the whole test set).
     available, n_test_max = data_mod.split_sizes(cfg.dataset, cfg.n_train or None)
     where = f"the {cfg.dataset} training set"
     if cfg.dataset in data_mod.SPLIT_SIZES and 0 < cfg.n_train < data_mod.NUM_CLASSES:

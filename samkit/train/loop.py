@@ -16,17 +16,15 @@ import torch
 
 from samkit.data import datasets as data_mod
 from samkit.optim import graph_step as graphs
-# The public names of a run's parts, importable from here as before the split:
-# train.build(cfg), train.load_for(cfg), train.save_checkpoint(...), train.TrainConfig.
-from samkit.train.build import build, load_for  # noqa: F401
-from samkit.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
-from samkit.train.config import TrainConfig  # noqa: F401  (the public name: train.train(TrainConfig(...)))
+from samkit.train.build import build
+from samkit.train.checkpoint import load_checkpoint, save_checkpoint
+from samkit.train.config import TrainConfig
 from samkit.models import count_params
 from samkit.optim.bn import PERTURBED_PASS, running_stats_drift
 from samkit.optim.sam import SAM
 
 # A finite running loss above DIVERGENCE_FACTOR × max(initial loss, 1) counts as diverged:
-# such a run's weights are garbage (a loss of 6.6e33 once entered the gains as "ok").
+# such a run's weights are garbage (a loss of 6.6e33 is no result to average into a gain).
 DIVERGENCE_FACTOR = 1e6
 
 
