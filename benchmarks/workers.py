@@ -42,6 +42,7 @@ from benchmarks.common import bench_provenance, device_info, loadavg  # noqa: E4
 from samkit.atomic import write_json  # noqa: E402
 from samkit.pipeline import params as params_mod  # noqa: E402
 from samkit.sweep import engine as sweep  # noqa: E402
+from samkit.sweep import store
 from samkit.train.config import TrainConfig  # noqa: E402
 
 SCHEMA = "samkit.bench.workers/1"
@@ -79,7 +80,7 @@ def timed_sweep(configs, workers) -> tuple[float, dict]:
         wall = time.perf_counter() - t0
         if proc.exitcode != 0:
             raise RuntimeError(f"the {workers}-worker sweep failed (exit code {proc.exitcode})")
-        return wall, load_runs(cache, [sweep.run_key(c) for c in configs])
+        return wall, load_runs(cache, [store.run_key(c) for c in configs])
 
 
 def load_runs(cache, keys) -> dict:
@@ -161,7 +162,7 @@ def main(argv=None):
     write_json(Path(out), {
         "schema": SCHEMA,
         "provenance": bench_provenance(argv, name, slug, extra, load_before, t_start,
-                                       threads_per_run=sweep.RUN_THREADS),
+                                       threads_per_run=store.RUN_THREADS),
         "settings": {
             "quick": args.quick, "epochs": configs[0].epochs, "order": order,
             "runs": [c.key_dict() for c in configs],

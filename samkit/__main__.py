@@ -117,14 +117,14 @@ def _configs(params, profile, studies, lowest_seed: bool = False) -> dict:
     runs), in their order. ``lowest_seed``: only each study's lowest seed, the fixed sample
     of the retrain check (samkit.analysis.robustness), chosen by rule and not by looking."""
     from samkit.pipeline.params import study_configs
-    from samkit.sweep import engine as sweep
+    from samkit.sweep import store
     configs = {}
     for name in studies:
         runs = study_configs(name, params[name], profile)
         lowest = min((cfg.seed for cfg in runs), default=None)
         for cfg in runs:
             if not lowest_seed or cfg.seed == lowest:
-                configs.setdefault(sweep.run_key(cfg), cfg)
+                configs.setdefault(store.run_key(cfg), cfg)
     return configs
 
 
@@ -157,6 +157,7 @@ def cmd_sweep(args, parser):
     from samkit.pipeline.signals import interrupts_forwarded
     from samkit.pipeline.stage import params_errors
     from samkit.sweep import engine as sweep
+    from samkit.sweep import store
     try:
         params = load(args.params)
         profile = args.profile or params["profile"]
@@ -176,7 +177,7 @@ def cmd_sweep(args, parser):
     try:
         with interrupts_forwarded() as stop:
             runs = sweep.run_sweep(list(configs.values()), cache=args.cache, workers=args.workers)
-    except (sweep.CacheError, CheckpointError, sweep.WorkerFailed) as e:
+    except (store.CacheError, CheckpointError, sweep.WorkerFailed) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
@@ -221,20 +222,20 @@ def cmd_stage(args, parser):
 def cmd_cache(args, parser):
     """seal: add the sha256 checksum to every stored result that lacks one (results stored
     before checksums existed; run it once, when no sweep is writing); verify: check them all."""
-    from samkit.sweep import engine as sweep
+    from samkit.sweep import store
     if not os.path.isdir(args.cache):
         print(f"error: --cache: got {args.cache!r}; allowed: a folder of stored results",
               file=sys.stderr)
         return 2
     if args.action == "seal":
-        done, before, problems = sweep.seal(args.cache)
+        done, before, problems = store.seal(args.cache)
         summary = f"{args.cache}: sealed {done}, {before} sealed before"
     else:
-        problems, files = [], sweep.result_files(args.cache)
+        problems, files = [], store.result_files(args.cache)
         for path in files:
             try:
-                sweep.read_result(path)
-            except sweep.CacheError as e:
+                store.read_result(path)
+            except store.CacheError as e:
                 problems.append(str(e))
         summary = f"{args.cache}: {len(files) - len(problems)} of {len(files)} results verified"
     for line in problems:

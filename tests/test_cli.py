@@ -1,5 +1,5 @@
-"""`python -m samkit train`: every TrainConfig field is a documented flag; bad values fail
-with one clear line before any work."""
+"""samkit.__main__, `python -m samkit train`: every TrainConfig field is a documented flag; bad
+values fail with one clear line before any work."""
 import dataclasses
 import json
 import subprocess
@@ -38,22 +38,6 @@ def test_bad_flag_value_is_one_line_and_exit_2():
     assert r.returncode == 2 and "rho: got -1.0; allowed: a number >= 0" in r.stderr
 
 
-def test_book_copy_hides_both_parameter_cells_and_keeps_the_injected_values(tmp_path):
-    import nbformat
-    from samkit.pipeline.stage import _hide_default_parameters
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell('profile = "tiny"', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["injected-parameters"]}),
-        nbformat.v4.new_code_cell("print(profile)")])
-    path = tmp_path / "nb.ipynb"
-    nbformat.write(nb, path)
-    _hide_default_parameters(path)
-    cells = nbformat.read(path, as_version=4).cells
-    assert [c.metadata.get("tags", []) for c in cells] == [
-        ["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], []]
-    assert cells[1].source == 'profile = "cpu"'   # the values used stay in the notebook
-
-
 def test_values_that_would_waste_or_wreck_a_run_are_refused_before_any_work():
     cases = {  # flags -> what the one error line must say
         ("--lr", "inf"): "lr: got inf; allowed: a finite number",
@@ -65,7 +49,7 @@ def test_values_that_would_waste_or_wreck_a_run_are_refused_before_any_work():
             "n_train: got 59000 with n_val 5000; allowed: n_train + n_val <= 60000",
         ("--n-test", "50000"): "n_test: got 50000; allowed: at most 10000 (the fashion_mnist "
                                "test set), or 0 for all of it",
-        # synthetic: a test set of n_train // 4 points; more used to mean all of them, silently
+        # synthetic: a test set of n_train // 4 points; more is refused, not cut silently
         ("--dataset", "synthetic", "--model", "mlp", "--n-train", "64", "--n-test", "100"):
             "n_test: got 100; allowed: at most 16 (the synthetic test set)",
     }

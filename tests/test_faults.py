@@ -37,6 +37,7 @@ import yaml  # noqa: E402
 from samkit.analysis import plots, stats
 from samkit.pipeline import results
 from samkit.sweep import engine as sweep  # noqa: E402
+from samkit.sweep import store
 from samkit.data import files as image_files  # noqa: E402
 from samkit.train.config import TrainConfig  # noqa: E402
 
@@ -77,13 +78,13 @@ def sweep_main(cache):
             time.sleep(600)
 
     if os.environ.get("HOOKS") == "1":
-        real_train, real_cached = sweep.train_run, sweep.cached_run
+        real_train, real_cached = sweep.train_run, store.cached_run
         real_save = torch.save
         hold = float(os.environ.get("HOLD", "0"))
         counter = os.environ.get("COUNTER")
 
         def train_run(cfg, **kw):
-            key = sweep.run_key(cfg)
+            key = store.run_key(cfg)
             if counter:
                 with open(counter, "a") as f:
                     f.write(f"{key} {os.getpid()}\n")
@@ -126,7 +127,7 @@ def sweep_main(cache):
             event("json-partial")
             f.write(s[len(s) // 2:])
 
-        sweep.train_run, sweep.cached_run = train_run, cached_run
+        sweep.train_run, store.cached_run = train_run, cached_run
         train._progress = lambda *args: Progress()
         torch.save, json.dump = save, dump
 
@@ -297,7 +298,7 @@ def check_cache(cache):
             with open(path) as fh:
                 r = json.load(fh)
             assert r["status"] == "ok" and len(r["history"]) == EPOCHS, f
-            assert sweep.run_key(TrainConfig(**r["config"])) == f[:-5]
+            assert store.run_key(TrainConfig(**r["config"])) == f[:-5]
             done[f] = (digest(path), os.stat(path).st_mtime_ns)
         elif f.endswith(".ckpt"):
             state = torch.load(path, map_location="cpu", weights_only=False)
@@ -551,7 +552,7 @@ def test_divergence_is_recorded_kept_in_tables_and_marked_on_the_figure(tmp_path
     runs = sweep.run_sweep(configs, cache=cache, progress=False)
     assert len(runs) == 12   # the sweep went on after each divergence
     for _, r in runs.iterrows():
-        full = sweep.load_result(r["key"], cache)
+        full = store.load_result(r["key"], cache)
         if (r["width"], r["optimizer"], r["seed"]) in absurd:
             assert r["status"] == "diverged" and full["status"] == "diverged"
             assert r["diverged_epoch"] == full["diverged_epoch"] == len(full["history"]) >= 1

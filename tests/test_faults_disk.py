@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r'''
 import os, sys, torch
-from samkit.train.loop import save_checkpoint
+from samkit.train.checkpoint import save_checkpoint
 
 folder = sys.argv[1]
 path = os.path.join(folder, "run.ckpt")

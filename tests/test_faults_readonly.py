@@ -18,6 +18,7 @@ import pytest
 from conftest import TOY_SIMPLICITY_PARAMS
 
 from samkit.sweep import engine as sweep
+from samkit.sweep import store
 from samkit.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,8 +85,8 @@ def test_a_fully_cached_sweep_reads_a_read_only_cache(tmp_path, monkeypatch, one
     assert again["cached"].all() and len(again) == 4
     assert again["key"].tolist() == first["key"].tolist()
     for cfg in configs:                     # one run, as a notebook or a worker asks for it
-        r = sweep.cached_run(cfg, str(cache))
-        assert r["cached"] and r["key"] == sweep.run_key(cfg)
+        r = store.cached_run(cfg, str(cache))
+        assert r["cached"] and r["key"] == store.run_key(cfg)
     sweep.train_missing(configs, str(cache), progress=False)   # a worker: nothing to do
     monkeypatch.undo()
     assert {f: (cache / f).read_bytes() for f in sorted(os.listdir(cache))} == before

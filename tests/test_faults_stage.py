@@ -24,8 +24,9 @@ import pytest
 import yaml
 
 from samkit.pipeline import params as params_mod
-from samkit.sweep import engine as sweep
-from samkit.train import loop as train
+from samkit.sweep import store
+from samkit.train.build import build
+from samkit.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -200,11 +201,11 @@ def assert_resumable(work):
     """A run stopped mid-way left a checkpoint the trainer resumes from (same config)."""
     ckpts = glob.glob(str(work / "results" / "runs" / "*.ckpt"))
     assert ckpts, "no checkpoint left to resume from"
-    by_key = {sweep.run_key(c): c for c in study_configs()}
+    by_key = {store.run_key(c): c for c in study_configs()}
     for path in ckpts:
         cfg = by_key[Path(path).stem]
-        _, model, opt, sched, _ = train.build(cfg)
-        state = train.load_checkpoint(path, cfg, model, opt, sched)
+        _, model, opt, sched, _ = build(cfg)
+        state = load_checkpoint(path, cfg, model, opt, sched)
         assert state is not None and 1 <= state["epoch"] < cfg.epochs, path
 
 

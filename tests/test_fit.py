@@ -1,10 +1,12 @@
-"""The fit rule on synthetic histories, and leave-one-seed-out on a tiny table."""
+"""samkit.measure.fit: the fit rule on synthetic histories, unfit runs left out of pairs, and the
+epochs to reach a training accuracy read from a history."""
+import math
+
 import pandas as pd
 import pytest
 
 from samkit.measure import fit
-from samkit.analysis import robustness, stats
-from samkit.analysis.claims import Analysis, Claim
+from samkit.analysis import stats
 
 
 def _result(accs, clean=None, status="ok"):
@@ -40,35 +42,10 @@ def test_unfit_runs_are_kept_counted_and_left_out_of_pairs():
     assert (t["n"].iloc[0], t["unfit"].iloc[0], t["diverged"].iloc[0]) == (3, 1, 0)
 
 
-def _analyze(runs):
-    e = stats.mean_effect(stats.pairs(runs, "acc", {"optimizer": "sam"},
-                                      {"optimizer": "sgd"}).query("ok")["diff"])
-    return Analysis({}, [Claim("gain", "SAM beats SGD", "test", e, 0.003, "0.3 pp")])
-
-
-def test_leave_one_out_flags_a_verdict_that_rests_on_one_seed():
-    # gains +1 pp for four seeds and -5 pp for one: supported without seed 4 only
-    gains = {0: 0.010, 1: 0.011, 2: 0.009, 3: 0.010, 4: -0.05}
-    runs = pd.DataFrame([dict(seed=s, optimizer=o, status="ok", key=f"{s}{o}",
-                              acc=0.8 + (g if o == "sam" else 0))
-                         for s, g in gains.items() for o in ("sgd", "sam")])
-    claims = _analyze(runs).claims
-    assert claims[0].verdict == "cannot tell"
-    robustness.check(_analyze, runs, claims, {})
-    r = claims[0].robustness
-    assert r["fragile"] and r["leave_one_out"] == "without seed 4: supports"
-    assert r["retrain"].startswith("not checked")
-
-
-def test_a_retrained_run_that_flips_the_verdict_makes_it_fragile():
-    gains = {0: 0.010, 1: 0.011, 2: 0.009, 3: 0.010}
-    runs = pd.DataFrame([dict(seed=s, optimizer=o, status="ok", key=f"{s}{o}",
-                              acc=0.8 + (g if o == "sam" else 0))
-                         for s, g in gains.items() for o in ("sgd", "sam")])
-    claims = _analyze(runs).claims
-    assert claims[0].verdict == "supports"
-    retrained = pd.DataFrame({"acc": [0.75], "status": ["ok"]}, index=["0sam"])
-    robustness.check(_analyze, runs, claims, {"other-cpu": retrained})
-    r = claims[0].robustness
-    assert r["fragile"] and r["retrain"] == "retrained other-cpu: cannot tell"
-    assert r["leave_one_out"] == "holds"
+def test_epochs_to_fit_is_the_first_evaluated_epoch_at_or_above_the_level():
+    history = [{"epoch": e, "train_acc": a} for e, a in
+               ((3, 0.90), (6, 0.949), (9, 0.95), (12, 0.97), (15, 0.991), (18, 0.989))]
+    assert fit.epochs_to_fit({"history": history}) == {"epochs_to_95": 9.0, "epochs_to_99": 15.0}
+    never = fit.epochs_to_fit({"history": history[:3]})
+    assert never["epochs_to_95"] == 9.0 and math.isnan(never["epochs_to_99"])
+    assert all(math.isnan(v) for v in fit.epochs_to_fit({"history": []}).values())

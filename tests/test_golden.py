@@ -2,7 +2,7 @@
 must bump the version, or stale cached results would be mixed with new ones. These golden runs
 notice such a change.
 
-Regenerate after a deliberate change (and bump sweep.NUMERICS_VERSION):
+Regenerate after a deliberate change (and bump store.NUMERICS_VERSION):
     python tests/test_golden.py
 """
 import json
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from samkit.sweep import engine as sweep
+from samkit.sweep import store
 from samkit.train.config import TrainConfig
 from samkit.train.loop import train
 
@@ -43,7 +43,7 @@ def golden_numbers(name: str) -> list[float]:
 def test_training_numerics_unchanged(name, fmnist_root, one_thread):
     with open(GOLDEN) as f:
         stored = json.load(f)
-    assert stored["numerics"] == sweep.NUMERICS_VERSION, (
+    assert stored["numerics"] == store.NUMERICS_VERSION, (
         "NUMERICS_VERSION was bumped: regenerate tests/golden/runs.json "
         "(python tests/test_golden.py)")
     got, want = golden_numbers(name), stored["runs"][name]
@@ -59,5 +59,5 @@ if __name__ == "__main__":
     os.environ.setdefault("SAMKIT_DATA", "data")
     runs = {name: golden_numbers(name) for name in sorted(CONFIGS)}
     with open(GOLDEN, "w") as f:
-        json.dump({"numerics": sweep.NUMERICS_VERSION, "runs": runs}, f, indent=1)
+        json.dump({"numerics": store.NUMERICS_VERSION, "runs": runs}, f, indent=1)
     print(f"wrote {GOLDEN}", file=sys.stderr)

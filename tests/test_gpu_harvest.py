@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from samkit.optim import graph_step as graphs
-from samkit.sweep import engine as sweep
+from samkit.sweep import store
 from samkit.train import loop as train
 from samkit.train.config import TrainConfig
 
@@ -64,7 +64,7 @@ def test_graph_without_cuda_is_one_clear_error():
 
 
 def test_compile_leaves_run_keys_alone():
-    """A key pinned before the field existed (tests/test_train_variants.py), whatever compile
+    """A key pinned before the field existed (tests/test_engine.py), whatever compile
     and device say: a graph run fills the cache entry of the eager config."""
     research = dict(dataset="fashion_mnist", model="mlp", depth=2, n_train=10000, n_val=5000,
                     n_test=0, data_seed=-1, rho=0.05, lr=0.1, momentum=0.9,
@@ -72,7 +72,7 @@ def test_compile_leaves_run_keys_alone():
                     eval_every=3, early_stopping=True, optimizer="sam", width=32, seed=0)
     for extra in ({}, dict(compile="eager"), dict(compile="graph", device="cuda")):
         cfg = TrainConfig(**research, **extra)
-        assert sweep.run_key(cfg) == "1e6d91e0400fa249"
+        assert store.run_key(cfg) == "1e6d91e0400fa249"
         assert "compile" not in cfg.key_dict()
 
 
@@ -234,7 +234,7 @@ def test_streams_stop_at_the_deadline_resume_and_match_the_engine(tmp_path, one_
     in the run-cache format that path writes."""
     from samkit.sweep import streams
     configs = [TrainConfig(**TINY, optimizer="sgd"), TrainConfig(**TINY, optimizer="sam")]
-    keys = [sweep.run_key(c) for c in configs]
+    keys = [store.run_key(c) for c in configs]
     cache = tmp_path / "streams"
     seen = []
     stopped = streams.train_concurrently(configs, str(cache), deadline=0.0,
@@ -245,16 +245,16 @@ def test_streams_stop_at_the_deadline_resume_and_match_the_engine(tmp_path, one_
     done = streams.train_concurrently(configs, str(cache), provenance={"note": "test"})
     serial = tmp_path / "serial"
     for cfg, key in zip(configs, keys):
-        reference = sweep.cached_run(cfg, str(serial))
-        stored = sweep.read_result(str(cache / f"{key}.json"))  # sealed: the checksum holds
+        reference = store.cached_run(cfg, str(serial))
+        stored = store.read_result(str(cache / f"{key}.json"))  # sealed: the checksum holds
         assert done[key]["key"] == key == reference["key"]
         assert stored["history"] == reference["history"] and len(stored["history"]) == 4
         assert stored["final"] == reference["final"]
-        assert stored["format"] == sweep.RESULT_FORMAT
-        assert stored["numerics"] == sweep.NUMERICS_VERSION
+        assert stored["format"] == store.RESULT_FORMAT
+        assert stored["numerics"] == store.NUMERICS_VERSION
         assert stored["provenance"]["concurrent_runs"] == 2
         assert stored["provenance"]["note"] == "test"
-        assert sorted(stored) == sorted(sweep.read_result(str(serial / f"{key}.json")))
+        assert sorted(stored) == sorted(store.read_result(str(serial / f"{key}.json")))
     assert not list(cache.glob("*.ckpt"))  # removed once the result is stored
 
 
@@ -262,7 +262,7 @@ def test_streams_serial_mode_starts_nothing_past_the_deadline(tmp_path, one_thre
     from samkit.sweep import streams
     cfg = TrainConfig(**TINY, optimizer="sgd")
     out = streams.train_concurrently([cfg], str(tmp_path), deadline=0.0, threads=False)
-    assert isinstance(out[sweep.run_key(cfg)], streams.DeadlinePassed)
+    assert isinstance(out[store.run_key(cfg)], streams.DeadlinePassed)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
@@ -340,10 +340,10 @@ def test_dry_run_of_one_device_call_then_ingest(fmnist_root, tmp_path, one_threa
     assert len(runs) == 3
     epochs = {}
     for f in runs:
-        r = sweep.read_result(str(f))  # sealed
+        r = store.read_result(str(f))  # sealed
         cfg = TrainConfig(**r["config"])
-        assert sweep.run_key(cfg) == f.stem
-        assert r["format"] == sweep.RESULT_FORMAT and r["numerics"] == sweep.NUMERICS_VERSION
+        assert store.run_key(cfg) == f.stem
+        assert r["format"] == store.RESULT_FORMAT and r["numerics"] == store.NUMERICS_VERSION
         assert r["status"] == "ok" and len(r["history"]) == cfg.epochs
         assert cfg.width == 2 and cfg.n_train == 256 and cfg.augment
         assert r["provenance"]["concurrent_runs"] == 3

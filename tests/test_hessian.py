@@ -1,4 +1,5 @@
-"""Hessian measures against exact Hessians of tiny float64 models (torch.func.hessian)."""
+"""samkit.measure.hessian: the Hessian measures against exact Hessians of tiny float64 models
+(torch.func.hessian)."""
 import math
 
 import pytest

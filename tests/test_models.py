@@ -1,4 +1,4 @@
-"""Models: sizes checked against counts derived from the architectures by hand."""
+"""samkit.models: sizes checked against counts derived from the architectures by hand."""
 from __future__ import annotations
 
 import pytest

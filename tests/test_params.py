@@ -1,8 +1,7 @@
-"""params.yaml validation: every mistake fails with one line naming key, value and what is
+"""samkit.pipeline.params (and samkit.pipeline.yaml_checks, through params.load): params.yaml
+validation: every mistake fails with one line naming key, value and what is
 allowed, before any work; the shipped params.yaml is valid in both profiles."""
 import copy
-import dataclasses
-import json
 import os
 import re
 import subprocess
@@ -11,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from conftest import TOY_COST_PARAMS as TOY
 from samkit.pipeline import params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,7 @@ BAD = [  # (edit, substring the message must contain)
     (edited(["hessian", "cpu", "base", "n_train"], 70000),
      "hessian.cpu: n_train: got 70000; allowed: at most 60000 (the fashion_mnist training "
      "set), or 0 for all of it"),
-    (edited(W + ["base", "n_test"], 50000),  # used to mean the whole 10k test set, silently
+    (edited(W + ["base", "n_test"], 50000),  # refused, not cut to the whole 10k test set
      "width.cpu: n_test: got 50000; allowed: at most 10000 (the fashion_mnist test set)"),
     # what a study needs of its runs
     (edited(["hessian", "cpu", "base", "hessian_samples"], 0),
@@ -157,6 +157,14 @@ def test_validate_cli_reports_and_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "samkit", "validate", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not valid YAML" in r.stderr
+
+
+def test_params_yaml_reports_a_bad_new_field():
+    section = {"cpu": {"base": {"dataset": "synthetic", "model": "mlp"},
+                       "grid": {"sam_interval": [1, 0]}}}
+    with pytest.raises(params.ParamsError) as e:
+        params.study_configs("width", section, "cpu")
+    assert "width.cpu.grid.sam_interval[1]: got 0; allowed: an int >= 1" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- the file's text
@@ -278,13 +286,6 @@ def test_validate_reports_every_problem_of_every_profile_at_once(tmp_path):
     assert len(lines) == len(set(lines))
 
 
-def test_every_config_field_has_its_help_text():
-    """The CLI's help comes from samkit.train.config.HELP: a new field must say what it does."""
-    from samkit.train import config
-    missing = [f for f in config.FIELD_TYPES if f not in config.HELP]
-    assert not missing, f"samkit.train.config.HELP lacks: {missing}"
-
-
 def test_an_empty_params_file_is_one_clear_error(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("# nothing yet\n")
@@ -293,16 +294,6 @@ def test_an_empty_params_file_is_one_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- what a sweep costs
-
-TOY = """profile: quick
-MAX
-simplicity:
-  quick:
-    base: {dataset: toy1d, model: one_hidden_relu, lr: 0.005, momentum: 0.9,
-           weight_decay: 0.0, schedule: constant, batch_size: 12, epochs: EPOCHS,
-           eval_every: 10, rho: 0.1, early_stopping: false}
-    grid: {width: [5], optimizer: [sgd, sam], seed: SEEDS}
-"""
 
 
 def _toy(tmp_path, epochs=20, seeds="[0]", limit=None):
@@ -315,32 +306,6 @@ def _toy(tmp_path, epochs=20, seeds="[0]", limit=None):
 def _samkit(*args, cwd):
     return subprocess.run([sys.executable, "-m", "samkit", *args], cwd=cwd, text=True,
                           capture_output=True, timeout=600)
-
-
-def test_the_estimate_scales_measured_runs_by_passes(tmp_path):
-    """A stored sgd run of width 5 that took 60 s for 20 epochs of 12 examples (one full batch
-    a step): 0.25 s per example and pass. SAM takes two passes a step, and 40 epochs twice the
-    steps; width 10, not measured, is scaled from the nearest width by (10/5)^2; a model the
-    cache never ran takes samkit.sweep.engine.REFERENCE_RATES."""
-    from samkit.sweep import engine as sweep
-    from samkit.train.config import TrainConfig
-    base = yaml.safe_load(TOY.replace("EPOCHS", "20").replace("SEEDS", "[0]")
-                          .replace("MAX", ""))["simplicity"]["quick"]["base"]
-    cfg = TrainConfig(**base, width=5, optimizer="sgd")
-    cache = tmp_path / "runs"
-    cache.mkdir()
-    stored = {"config": dataclasses.asdict(cfg), "status": "ok", "seconds": 60.0}
-    (cache / f"{sweep.run_key(cfg)}.json").write_text(json.dumps(sweep.sealed(stored)))
-    hours = {}
-    for name, kw in {"measured": {}, "sam": {"optimizer": "sam"}, "40 epochs": {"epochs": 40},
-                     "width 10": {"width": 10}, "seed 1": {"seed": 1}}.items():
-        todo, hours[name] = sweep.estimate([dataclasses.replace(cfg, **kw)], str(cache))
-        assert len(todo) == (0 if name == "measured" else 1)
-    assert hours == pytest.approx({"measured": 0, "sam": 120 / 3600, "40 epochs": 120 / 3600,
-                                   "width 10": 240 / 3600, "seed 1": 60 / 3600})
-    width, rate = sweep.REFERENCE_RATES["one_hidden_relu"]
-    todo, h = sweep.estimate([dataclasses.replace(cfg, width=width)], str(tmp_path / "empty"))
-    assert h == pytest.approx(20 * 12 * rate / 3600)
 
 
 def test_validate_estimates_the_cost_of_a_huge_grid(tmp_path):

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from samkit.sweep import engine as sweep
+from samkit.sweep import store
 from samkit.train.config import TrainConfig
 
 TINY = dict(dataset="synthetic", n_train=64, model="mlp", width=8, epochs=2, batch_size=16,
@@ -221,7 +222,7 @@ def test_two_slurm_jobs_train_disjoint_runs_into_one_cache(slurm, tmp_path):
 
 def _submit_and_check(slurm, tmp_path, submitit, cluster):
     cfgs = [TrainConfig(**TINY, seed=s) for s in range(4)]
-    keys = [sweep.run_key(c) for c in cfgs]
+    keys = [store.run_key(c) for c in cfgs]
     cache = tmp_path / "runs"
     ex = submitit.AutoExecutor(folder=str(tmp_path / "slurm_logs"), cluster="slurm")
     ex.update_parameters(timeout_min=10, cpus_per_task=1, slurm_partition="debug")

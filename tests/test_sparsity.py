@@ -1,3 +1,6 @@
+"""samkit.measure.sparsity: the prunable weights, random and SNIP masks, pruned weights that stay
+exactly zero under every optimizer (and through a state_dict), the sparsity for a parameter
+count, and bad arguments refused."""
 import copy
 
 import pytest

@@ -5,7 +5,6 @@ import pytest
 from scipy import stats as sps
 
 from samkit.analysis import stats
-from samkit.analysis.claims import Claim
 
 
 def test_mean_effect_is_scipys_paired_t_interval():
@@ -88,13 +87,6 @@ def test_trend_uses_the_sources_range_only():
                           acc=0.8 + (gain if o == "sam" else 0)) for o in ("sgd", "sam")]
     e = stats.slope(pd.DataFrame(rows), "acc", {"optimizer": "sam"}, {"optimizer": "sgd"})
     assert e.estimate == pytest.approx(0.001, abs=1e-12)   # 0.002 over 2 doublings
-
-
-def test_ratio_claims_read_against_one():
-    c = Claim("x", "SAM is flatter", "paper", stats.Effect(np.log(0.5), np.log(0.4),
-                                                           np.log(0.6), 6, 0.1),
-              np.log(1.1), "10%", direction=-1, unit="ratio")
-    assert c.verdict == "supports" and "below 1" in c.explained and c.shown.startswith("0.50×")
 
 
 def test_levels_count_diverged_and_keep_empty_groups():

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samkit import studies
+from samkit.analysis.regime import regime
 from samkit.studies import datasize
 
 PARAMS = {64: 40_000, 512: 640_000}
@@ -97,5 +97,5 @@ def test_all_diverged():
         assert c.verdict == "cannot tell" and c.shown == "n/a"
     assert "all 72 runs diverged" in a.facts["status"]
     assert len(a.tables["gain"]) == 6 and a.tables["gain"]["n"].eq(0).all()
-    assert studies.regime(runs)["diverged"] == 72
+    assert regime(runs)["diverged"] == 72
     a.metrics()

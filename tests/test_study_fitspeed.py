@@ -1,26 +1,14 @@
-"""The fitting-speed study: epochs-to-level read from histories, and its analysis on hand-built
-run tables (planted delays, censored runs)."""
-import math
-
+"""The fitting-speed study's analysis on hand-built run tables (planted delays, censored runs);
+epochs-to-level read from histories: tests/test_fit.py."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from scipy import stats
 
-from samkit.measure import fit
 from samkit.studies import fitspeed
 
 PARAMS = {64: 55_000, 2048: 5_800_000}
-
-
-def test_epochs_to_fit_is_the_first_evaluated_epoch_at_or_above_the_level():
-    history = [{"epoch": e, "train_acc": a} for e, a in
-               ((3, 0.90), (6, 0.949), (9, 0.95), (12, 0.97), (15, 0.991), (18, 0.989))]
-    assert fit.epochs_to_fit({"history": history}) == {"epochs_to_95": 9.0, "epochs_to_99": 15.0}
-    never = fit.epochs_to_fit({"history": history[:3]})
-    assert never["epochs_to_95"] == 9.0 and math.isnan(never["epochs_to_99"])
-    assert all(math.isnan(v) for v in fit.epochs_to_fit({"history": []}).values())
 
 
 def make_runs(sgd95=18, sam95=27, sgd99=33, sam99=None, epochs=60) -> pd.DataFrame:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samkit import studies
+from samkit.analysis.regime import regime
 from samkit.studies import hessian
 
 PARAMS = {32: 26_000, 128: 118_000, 512: 670_000}
@@ -93,7 +93,7 @@ def test_all_diverged():
     assert "all 36 runs diverged" in a.facts["status"]
     assert a.facts["lambda_max_widest_sgd"] == "n/a" and a.facts["train_loss_max"] == "n/a"
     assert a.tables["fit"]["n"].eq(0).all()
-    assert studies.regime(runs)["diverged"] == 36
+    assert regime(runs)["diverged"] == 36
     a.metrics()
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samkit import studies
+from samkit.analysis.regime import regime
 from samkit.studies import regularization as reg
 
 PARAMS = {32: 64_000, 128: 256_000, 512: 1_024_000}   # two doublings per step, in the trend range
@@ -121,7 +121,7 @@ def test_all_diverged():
         assert c.shown == "n/a"
     assert "all 72 runs diverged" in a.facts["status"]
     assert a.tables["gain"]["n"].eq(0).all()
-    assert studies.regime(runs)["diverged"] == 72
+    assert regime(runs)["diverged"] == 72
     a.metrics()  # every claim serializes
 
 

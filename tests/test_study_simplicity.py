@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samkit import studies
-from samkit.sweep import engine as sweep
+from samkit.analysis.regime import regime
+from samkit.sweep import store
 from samkit.studies import simplicity
 
 GRID = np.linspace(-1.4, 1.5, 401)
@@ -49,7 +49,7 @@ def make_runs(cache, diverged=()) -> pd.DataFrame:
                 if not bad:
                     result["probe"] = {"x": GRID.tolist(),
                                        "y": function(width, opt, seed).tolist()}
-                (cache / f"{key}.json").write_text(json.dumps(sweep.sealed(result)))
+                (cache / f"{key}.json").write_text(json.dumps(store.sealed(result)))
                 rows.append({"key": key, "dataset": "toy1d", "model": "one_hidden_relu",
                              "width": width, "params": params, "optimizer": opt, "seed": seed,
                              "status": "diverged" if bad else "ok", "epochs": 200,
@@ -117,7 +117,7 @@ def test_all_diverged(tmp_path):
     assert "all 16 runs diverged" in a.facts["status"]
     assert a.facts["fit_count"] == "0 of 8" and a.facts["slope_tv_widest_sam"] == "n/a"
     assert simplicity.curves(runs, str(tmp_path)).empty
-    assert studies.regime(runs)["diverged"] == 16
+    assert regime(runs)["diverged"] == 16
     a.metrics()
 
 

@@ -1,4 +1,6 @@
-"""The trainer: determinism, exact resume, divergence, early stopping, metrics."""
+"""samkit.train.loop (the trainer): determinism, exact resume, divergence, early stopping,
+metrics; with the cheaper SAM variants (sam_interval, looksam, msam), exact gradient-evaluation
+counts and exact resume."""
 import itertools
 import math
 import time
@@ -7,8 +9,10 @@ import types
 import pytest
 import torch
 
-from conftest import interrupt_run
-from samkit.train import build, loop as train
+from conftest import SYN, interrupt_run
+from samkit.sweep import engine as sweep
+from samkit.train import config, loop as train
+from samkit.train.build import load_for
 from samkit.train.config import TrainConfig
 
 TINY = dict(dataset="fashion_mnist", n_train=200, n_val=100, n_test=200, model="mlp", width=16,
@@ -82,7 +86,7 @@ def test_metrics_against_recomputation(fmnist_root):
     """Reported test accuracy equals an independent evaluation of the returned model."""
     cfg = TrainConfig(**TINY, optimizer="sam", early_stopping=False)
     result, model = train.train(cfg, return_model=True)
-    data = train.load_for(cfg)
+    data = load_for(cfg)
     with torch.no_grad():
         model.eval()
         acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
@@ -122,53 +126,6 @@ def test_regression_and_probe():
     assert len(r["probe"]["x"]) == len(r["probe"]["y"]) > 50
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(optimizer="adamw"), "optimizer: got 'adamw'; allowed: sgd, adam, sam, asam"),
-    (dict(width=0), "width: got 0; allowed: an int > 0"),
-    (dict(label_noise=1.0), "label_noise: got 1.0; allowed: a number in [0, 1)"),
-    (dict(epochs="10"), "epochs: got '10' (str); allowed: an int"),
-    (dict(prune="snip"), "sparsity: got 0 with prune='snip'"),
-    (dict(sparsity=0.5), "prune: got 'none' with sparsity=0.5"),
-    # a class-balanced subset needs an example of each class
-    (dict(n_train=5), "n_train: got 5; allowed: at least 10 (the subset is class-balanced"),
-])
-def test_config_validation(bad, message):
-    with pytest.raises(ValueError, match=None) as e:
-        TrainConfig(**bad)
-    assert message in str(e.value)
-
-
-def test_data_seed_minus_one_follows_the_seed(fmnist_root):
-    """-1: the seed draws the subset and the label noise; the key is that of the explicit
-    seed, so both spellings share one cached run; SGD and SAM of one seed see the same data."""
-    from samkit.sweep import engine as sweep
-    base = dict(dataset="fashion_mnist", n_train=100, n_val=20, label_noise=0.2, data_seed=-1)
-    a = train.TrainConfig(**base, seed=1)
-    assert sweep.run_key(a) == sweep.run_key(train.TrainConfig(**{**base, "data_seed": 1},
-                                                               seed=1))
-    d0 = train.load_for(train.TrainConfig(**base, seed=0))
-    d1, d1_sam = train.load_for(a), train.load_for(train.TrainConfig(**base, seed=1,
-                                                                     optimizer="sam"))
-    assert not torch.equal(d0.x_train, d1.x_train)
-    assert not torch.equal(d0.noisy_idx, d1.noisy_idx)
-    assert torch.equal(d1.x_train, d1_sam.x_train) and torch.equal(d1.y_train, d1_sam.y_train)
-
-
-def test_step3_schedule_is_the_papers():
-    """lr x0.1 at 25%, 50% and 75% of the epochs (Shin et al.'s repository)."""
-    cfg = train.TrainConfig(dataset="synthetic", model="mlp", width=4, epochs=8, lr=0.1,
-                            schedule="step3")
-    model = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    sched = build._make_scheduler(cfg, opt)
-    lrs = []
-    for _ in range(cfg.epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
-
-
 def test_a_huge_finite_loss_counts_as_diverged(monkeypatch):
     """A run whose running loss is finite but 1e6 x beyond its start is garbage: diverged."""
     real_epoch = train.train_epoch
@@ -180,72 +137,114 @@ def test_a_huge_finite_loss_counts_as_diverged(monkeypatch):
         return total * 1e12 if epoch == 1 else total  # 6.6e33-like, still finite
 
     monkeypatch.setattr(train, "train_epoch", exploding)
-    cfg = train.TrainConfig(dataset="synthetic", model="mlp", width=4, n_train=32, epochs=4,
+    cfg = TrainConfig(dataset="synthetic", model="mlp", width=4, n_train=32, epochs=4,
                             batch_size=16, device="cpu")
     result = train.train(cfg)
     assert result["status"] == "diverged" and result["diverged_epoch"] == 2
     assert calls == [0, 1] and result["initial_loss"] > 0
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ------------------------------------------------------------------------ the cheaper SAM variants
 
-TOY = dict(dataset="toy1d", model="one_hidden_relu", width=5, batch_size=12, epochs=2,
-           early_stopping=False, device="cpu")
-
-EVIL = '''
-import os, sys, torch
-
-class Payload:  # unpickling it calls os.system (what a crafted checkpoint can do)
-    def __reduce__(self):
-        return (os.system, (f"touch {sys.argv[2]}",))
-
-torch.save({"config": {}, "model": Payload()}, sys.argv[1])
-'''
+STEPS = 3 * 4  # epochs x ceil(50 / 16)
 
 
-def test_a_crafted_checkpoint_runs_no_code(tmp_path):
-    import subprocess
-    import sys
-    from samkit.train.checkpoint import CheckpointError
-    ckpt, marker = tmp_path / "evil.ckpt", tmp_path / "code-ran"
-    subprocess.run([sys.executable, "-c", EVIL, str(ckpt), str(marker)], check=True)
-    with pytest.raises(CheckpointError) as e:
-        train.train(TrainConfig(**TOY), checkpoint=str(ckpt))
-    assert not marker.exists(), "loading the checkpoint ran its code"
-    assert str(ckpt) in str(e.value) and "rm " in str(e.value) and "\n" not in str(e.value)
+def _counted_run(cfg, **kw):
+    """train.run with every training forward pass counted (train mode, grad enabled)."""
+    calls = []
+    real_build = train.build
+
+    def build(cfg, data=None):
+        out = real_build(cfg, data)
+        out[1].register_forward_hook(
+            lambda m, i, o: calls.append(1) if m.training and torch.is_grad_enabled() else None)
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train, "build", build)
+    try:
+        return train.train(cfg, **kw), len(calls)
+    finally:
+        mp.undo()
 
 
-def test_a_checkpoint_of_another_config_is_refused_naming_the_difference(tmp_path):
-    """--epochs 4 on a 2-epoch run's checkpoint used to restart from zero without a word and
-    overwrite it; the lr schedule depends on the epochs, so it is refused, and kept."""
-    from samkit.train.checkpoint import CheckpointError
-    ckpt = tmp_path / "run.ckpt"
-    train.train(TrainConfig(**TOY), checkpoint=str(ckpt))
-    before = ckpt.read_bytes()
-    with pytest.raises(CheckpointError) as e:
-        train.train(TrainConfig(**{**TOY, "epochs": 4, "lr": 0.01}), checkpoint=str(ckpt))
-    assert str(e.value) == (
-        f"checkpoint {ckpt}: saved by another config (epochs 2 there, 4 here; lr 0.05 there, "
-        "0.01 here); allowed: a checkpoint of this config: rerun with the config it was saved "
-        f"with, or delete it to start this run afresh (rm {ckpt})")
-    assert ckpt.read_bytes() == before
-    assert train.train(TrainConfig(**TOY), checkpoint=str(ckpt))["history"][-1]["epoch"] == 2
+@pytest.mark.parametrize("kw, evals", [
+    (dict(optimizer="sgd"), STEPS),
+    (dict(optimizer="sam"), 2 * STEPS),
+    (dict(optimizer="asam"), 2 * STEPS),
+    (dict(optimizer="sam", sam_interval=5), STEPS + STEPS // 5),     # steps 5, 10
+    (dict(optimizer="asam", sam_interval=2), STEPS + STEPS // 2),
+    (dict(optimizer="looksam", sam_interval=5), STEPS + 3),          # steps 0, 5, 10
+    (dict(optimizer="msam"), STEPS),
+])
+def test_grad_evals_are_the_passes_run(kw, evals, one_thread):
+    cfg = TrainConfig(**SYN, **kw)
+    result, passes = _counted_run(cfg)
+    assert result["status"] == "ok"
+    assert result["grad_evals"] == passes == evals == train.derived_grad_evals(cfg, cfg.epochs)
+    # to_row reports the recorded count, and derives the same from an old-style result
+    assert sweep.to_row(result)["grad_evals"] == evals
+    if cfg.optimizer in ("sgd", "sam", "asam") and cfg.sam_interval == 1:
+        old = {k: v for k, v in result.items() if k != "grad_evals"}
+        old["config"] = {k: v for k, v in result["config"].items()
+                         if k not in config.KEY_OMITTED_AT_DEFAULT}
+        assert sweep.to_row(old)["grad_evals"] == evals
 
 
-def test_a_corrupt_checkpoint_is_one_line_with_the_fix(tmp_path):
-    import subprocess
-    import sys
-    good = tmp_path / "good.ckpt"
-    train.train(TrainConfig(**TOY), checkpoint=str(good))
-    bad = tmp_path / "truncated.ckpt"
-    bad.write_bytes(good.read_bytes()[:1000])
-    args = ["train", "--dataset", "toy1d", "--model", "one_hidden_relu", "--width", "5",
-            "--batch-size", "12", "--epochs", "2", "--no-early-stopping", "--device", "cpu",
-            "--quiet", "--checkpoint", str(bad)]
-    r = subprocess.run([sys.executable, "-m", "samkit", *args], capture_output=True, text=True,
-                       timeout=300)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1 and r.stdout == "", r.stderr
-    assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint {bad}: cannot be read "
-                                                   "(truncated or damaged"), lines
-    assert lines[0].endswith(f"delete it to start this run afresh (rm {bad})")
+def test_sam_interval_one_is_plain_sam(one_thread):
+    a = train.train(TrainConfig(**SYN, optimizer="sam"))
+    b = train.train(TrainConfig(**SYN, optimizer="sam", sam_interval=1))
+    assert a["history"] == b["history"]
+
+
+def test_variants_differ_from_sam_and_sgd(one_thread):
+    losses = {}
+    for kw in (dict(optimizer="sgd"), dict(optimizer="sam"), dict(optimizer="msam"),
+               dict(optimizer="sam", sam_interval=2), dict(optimizer="looksam", sam_interval=2)):
+        r = train.train(TrainConfig(**SYN, **kw))
+        assert r["status"] == "ok"
+        losses[tuple(kw.items())] = r["history"][-1]["train_loss"]
+    assert len(set(losses.values())) == len(losses), losses
+
+
+def test_train_examples_as_loaded(fmnist_root):
+    for kw in (dict(dataset="fashion_mnist", n_train=100, n_val=30),
+               dict(dataset="synthetic", model="mlp"),
+               dict(dataset="synthetic", model="mlp", n_train=70),
+               dict(dataset="toy1d", model="one_hidden_relu")):
+        cfg = TrainConfig(**kw)
+        assert train.train_examples(cfg) == len(load_for(cfg).x_train), kw
+    # the full set less the validation split, without loading it
+    assert train.train_examples(TrainConfig(n_val=5000)) == 55000
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="looksam", sam_interval=3),
+                                dict(optimizer="msam", rho=0.3),
+                                dict(optimizer="sam", sam_interval=5)])
+def test_resume_is_exact_for_the_variants(kw, tmp_path, monkeypatch, one_thread):
+    """Killed after epoch 2 of 4 (mid-way through a k-step cycle) and resumed: the same numbers
+    and the same count as an uninterrupted run (the SAM step counter, LookSAM's g_v and the
+    count travel in the checkpoint)."""
+    cfg = TrainConfig(**{**SYN, "epochs": 4}, **kw)
+    strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds")}
+    reference = train.train(cfg)
+    ckpt = str(tmp_path / "run.ckpt")
+    state = interrupt_run(cfg, ckpt, monkeypatch)
+    assert state["epoch"] == 2
+    assert state["grad_evals"] == train.derived_grad_evals(cfg, 2)
+    resumed = train.train(cfg, checkpoint=ckpt)
+    assert strip(resumed) == strip(reference)
+
+
+def test_a_checkpoint_older_than_the_count_resumes_with_the_derived_count(tmp_path, monkeypatch,
+                                                                          one_thread):
+    cfg = TrainConfig(**{**SYN, "epochs": 4}, optimizer="sam")
+    reference = train.train(cfg)
+    ckpt = str(tmp_path / "run.ckpt")
+    state = interrupt_run(cfg, ckpt, monkeypatch)
+    del state["grad_evals"]              # as written by the trainer before it counted
+    del state["optimizer"]["sam"]        # and by SAM before it kept its own state
+    torch.save(state, ckpt)
+    resumed = train.train(cfg, checkpoint=ckpt)
+    assert resumed["grad_evals"] == reference["grad_evals"] == 2 * 4 * 4
+    assert resumed["history"] == reference["history"]

@@ -14,7 +14,7 @@ whose command (`all`) spends BUDGET_S of them, in this order of value per second
   3. train   the blog's table (params.yaml headline.gpu: SGD 300, SAM 150 and SAM 200 epochs,
              seed 0) until the budget's end: every run the repository's run cache lacks, at
              once, one thread and CUDA stream each (samkit.sweep.streams), stored by the sweep
-             engine (samkit.sweep.engine.cached_run: run keys and the result format are the
+             engine (samkit.sweep.store.cached_run: run keys and the result format are the
              pipeline's). A run not finished by then is stopped after an evaluation.
   4. collect the finished runs, the bench JSON and harvest.json (plan, check, progress with
              s/epoch per run) into --out: at most 5 files (the device tool returns 8).
@@ -62,6 +62,7 @@ import torch  # noqa: E402
 from benchmarks.common import device_slug  # noqa: E402
 from samkit.atomic import replacing, write_json  # noqa: E402
 from samkit.sweep import engine  # noqa: E402
+from samkit.sweep import store
 
 STEP_TIME = REPO / "benchmarks" / "step_time.py"
 DEFAULT_DIR = os.environ.get("SAMKIT_HARVEST_DIR", "/tmp/samkit-harvest")
@@ -189,8 +190,8 @@ def _arms(section: dict, device: str, compile_: str) -> list[dict]:
     arms, keys = [], set()
     for cfg in params_mod.study_configs(STUDY, section, PROFILE):
         run = dataclasses.replace(cfg, device=device, compile=compile_)
-        key = engine.run_key(run)
-        if key != engine.run_key(cfg):  # pragma: no cover - guards TrainConfig.key_dict
+        key = store.run_key(run)
+        if key != store.run_key(cfg):  # pragma: no cover - guards TrainConfig.key_dict
             raise SystemExit("error: device/compile changed a run key; the pipeline would not "
                              "find these runs")
         if key in keys:
@@ -397,7 +398,7 @@ class _Progress:
             _write_json(self.path, self.state)
 
     def epoch(self, cfg, entry):
-        key, now = engine.run_key(cfg), time.time()
+        key, now = store.run_key(cfg), time.time()
         run = self.state["runs"][key]
         first = run.get("first_epoch_t") is None
         self.update(key, state="running", epoch=entry["epoch"], epoch_t=now,
@@ -559,17 +560,17 @@ def cmd_ingest(args) -> int:
     problems = 0
     for f in sorted((src / "runs").glob("*.json")):
         try:
-            result = engine.read_result(str(f))  # its checksum too
+            result = store.read_result(str(f))  # its checksum too
             why = None
-        except engine.CacheError as e:
+        except store.CacheError as e:
             result, why = {}, str(e)
         if why is None:
             cfg = TrainConfig(**result.get("config", {}))
-            why = ("its key is not its config's" if engine.run_key(cfg) != f.stem else
-                   f"result format {result.get('format')} (this code: {engine.RESULT_FORMAT})"
-                   if result.get("format") != engine.RESULT_FORMAT else
-                   f"numerics {result.get('numerics')} (this code: {engine.NUMERICS_VERSION})"
-                   if result.get("numerics") != engine.NUMERICS_VERSION else None)
+            why = ("its key is not its config's" if store.run_key(cfg) != f.stem else
+                   f"result format {result.get('format')} (this code: {store.RESULT_FORMAT})"
+                   if result.get("format") != store.RESULT_FORMAT else
+                   f"numerics {result.get('numerics')} (this code: {store.NUMERICS_VERSION})"
+                   if result.get("numerics") != store.NUMERICS_VERSION else None)
         if why:
             print(f"ingest: {f.name}: not taken: {why}")
             problems += 1

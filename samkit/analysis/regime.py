@@ -38,7 +38,7 @@ def history(runs: pd.DataFrame, cache: str = "results/runs",
             keep: tuple = ("model", "width", "optimizer", "seed", "tag")) -> pd.DataFrame:
     """The stored per-epoch history of every finished run as one long table (one row per run
     and evaluated epoch), with the ``keep`` columns of its run."""
-    from samkit.sweep.engine import load_result
+    from samkit.sweep.store import load_result
     frames = []
     for _, row in runs[runs["status"] == "ok"].iterrows():
         h = pd.DataFrame(load_result(row["key"], cache)["history"])

@@ -18,9 +18,6 @@ import torch.nn.functional as F
 
 from samkit.data import sampling, toy as toy_data
 from samkit.data.files import image_arrays
-# Re-exported for the trainer, the studies and the notebooks (samkit.data.datasets.TOY1D_X, ...);
-# this module itself reads them through toy_data, so patching toy_data reaches both.
-from samkit.data.toy import SYNTH_N_TRAIN, TOY1D_TEST_POINTS, TOY1D_X, TOY1D_Y  # noqa: F401
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "synthetic", "toy1d")
 

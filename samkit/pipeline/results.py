@@ -125,11 +125,11 @@ def repro_line(since: str, params_path: str = "params.yaml", dvc_yaml: str = "dv
     trained since the file ``since`` was touched. A fresh clone retrains nothing: say so."""
     import yaml
     from samkit.pipeline import params
-    from samkit.sweep import engine as sweep
+    from samkit.sweep import store
     with open(dvc_yaml) as f:
         studies = yaml.safe_load(f)["vars"][0]["studies"]
     spec = params.load(params_path)
-    keys = {sweep.run_key(cfg) for study in studies
+    keys = {store.run_key(cfg) for study in studies
             for cfg in params.study_configs(study, spec[study], spec["profile"])}
     start = os.path.getmtime(since)
     trained = replayed = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from samkit.data import datasets as data
+from samkit.data import toy
 from samkit.analysis import fmt, stats
 from samkit.analysis.claims import Analysis, Claim
 from samkit.analysis.effects import SAM_RUNS, SGD_RUNS, ensure_columns, paired_table
@@ -35,7 +35,7 @@ METRIC = "best_test_acc"  # test accuracy at the epoch of best validation accura
 SOURCE = "beyond Shin et al. (Sec. 3 varies width at fixed data)"
 # Training set sizes for n_train 0 ("the whole training set, less the validation split").
 TRAIN_SIZE = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000,
-              "synthetic": data.SYNTH_N_TRAIN}
+              "synthetic": toy.SYNTH_N_TRAIN}
 # The width study's smallest effects: 0.3 pp for a gain, 0.1 pp per doubling for a trend.
 DELTA_GAIN, DELTA_SLOPE = 0.003, 0.001
 GAIN_REASON = "0.3 pp: the paper's smallest reported gains are 0.2-2 pp (the width study's δ)"

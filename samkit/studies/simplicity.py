@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from samkit.data import datasets as data
+from samkit.data import toy
 from samkit.analysis import fmt, stats
 from samkit.analysis.claims import Analysis
 from samkit.analysis.effects import (effect_at, ensure_columns, log_ratios, ratio_table,
@@ -65,7 +65,7 @@ def curves(runs: pd.DataFrame, cache: str = "results/runs") -> pd.DataFrame:
     """The learned functions of the finished runs as one long table (key, width, optimizer,
     seed, status, x, y), read from each run's stored ``probe`` in ``cache``. A diverged run
     has none; a finished run whose result file is missing is an error (wrong cache)."""
-    from samkit.sweep.engine import load_result
+    from samkit.sweep.store import load_result
     frames = []
     for _, row in runs[runs["status"] == "ok"].iterrows():
         path = os.path.join(cache, f"{row['key']}.json")
@@ -134,7 +134,7 @@ def _levels(runs) -> pd.DataFrame:
 
 def _facts(runs, levels, widest) -> dict:
     at = runs[runs["width"] == widest]
-    threshold = FIT_FRACTION * float(np.var(data.TOY1D_Y))
+    threshold = FIT_FRACTION * float(np.var(toy.TOY1D_Y))
     fits = int((at.loc[at["status"] == "ok", "final_train_loss"] < threshold).sum())
 
     def level(measure, opt):
@@ -143,10 +143,10 @@ def _facts(runs, levels, widest) -> dict:
         return fmt.num(float(r["mean"].iloc[0])) if len(r) else "n/a"
 
     batch = runs["batch_size"].min() if "batch_size" in runs else float("nan")
-    per_epoch = math.ceil(len(data.TOY1D_X) / batch) if np.isfinite(batch) else 1
+    per_epoch = math.ceil(len(toy.TOY1D_X) / batch) if np.isfinite(batch) else 1
     return {
         "status": status_line(runs),
-        "points": len(data.TOY1D_X),
+        "points": len(toy.TOY1D_X),
         "widths": ", ".join(str(int(w)) for w in sorted(runs["width"].unique())),
         "widest": int(widest) if np.isfinite(widest) else "n/a",
         "max_pieces": int(widest) + 1 if np.isfinite(widest) else "n/a",

@@ -4,7 +4,7 @@ The sweep's worker processes suit a CPU (one core per run). On one GPU they do n
 the kernels of one process's streams concurrently but time-slices separate processes (without
 the MPS daemon, which a lent machine need not run), while one small run (a width-64 ResNet at
 batch 128) leaves a data-centre GPU mostly idle. So the runs here share a process, each in its
-own thread and stream. Every run is trained and stored by ``engine.cached_run``, the one writer
+own thread and stream. Every run is trained and stored by ``store.cached_run``, the one writer
 of the run-cache format: run keys and results are those of a sweep. A run's numbers do not
 depend on the runs beside it (tests/test_gpu.py checks graph steps in threads against eager
 steps); its times do, so each stored result's provenance gives ``concurrent_runs``.
@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from samkit.sweep import engine
+from samkit.sweep import store
 from samkit.train.build import load_for, pick_device
 
 
@@ -36,7 +36,7 @@ def data_key(cfg) -> tuple:
 
 def train_concurrently(configs, cache: str, deadline: float | None = None, threads: bool = True,
                        on_epoch=None, provenance: dict | None = None) -> dict:
-    """Train (or fetch) every config through ``engine.cached_run`` into ``cache``, all at once
+    """Train (or fetch) every config through ``store.cached_run`` into ``cache``, all at once
     (``threads``: one thread and, on CUDA, one stream each) or one after the other, in the
     order given. ``deadline`` (a ``time.time()``): a run still training then stops after its
     next evaluation. ``on_epoch(cfg, entry)``: progress, from the run's thread. ``provenance``:
@@ -49,15 +49,15 @@ def train_concurrently(configs, cache: str, deadline: float | None = None, threa
     for cfg in configs:  # here, before the threads: the loader is not made for threads
         if data_key(cfg) not in loaded:
             loaded[data_key(cfg)] = load_for(cfg)
-    # One intra-op thread for the whole process, as each sweep run has (engine.RUN_THREADS):
+    # One intra-op thread for the whole process, as each sweep run has (store.RUN_THREADS):
     # the engine's per-run setting then restores what every other thread also uses.
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(engine.RUN_THREADS)
+    torch.set_num_threads(store.RUN_THREADS)
     concurrent = len(configs) if threads else 1
     outcome = {}
 
     def one(cfg):
-        key = engine.run_key(cfg)
+        key = store.run_key(cfg)
 
         def epoch_done(entry):
             if on_epoch is not None:
@@ -68,7 +68,7 @@ def train_concurrently(configs, cache: str, deadline: float | None = None, threa
         stream = torch.cuda.Stream() if pick_device(cfg.device).type == "cuda" else None
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                outcome[key] = engine.cached_run(
+                outcome[key] = store.cached_run(
                     cfg, cache, data=loaded[data_key(cfg)], on_epoch=epoch_done,
                     provenance={**(provenance or {}), "concurrent_runs": concurrent})
         except DeadlinePassed as e:
@@ -80,7 +80,7 @@ def train_concurrently(configs, cache: str, deadline: float | None = None, threa
     try:
         if threads:
             workers = [threading.Thread(target=one, args=(cfg,),
-                                        name=cfg.tag or engine.run_key(cfg)) for cfg in configs]
+                                        name=cfg.tag or store.run_key(cfg)) for cfg in configs]
             for t in workers:
                 t.start()
             for t in workers:
@@ -88,7 +88,7 @@ def train_concurrently(configs, cache: str, deadline: float | None = None, threa
         else:
             for cfg in configs:
                 if deadline is not None and time.time() >= deadline:
-                    outcome[engine.run_key(cfg)] = DeadlinePassed("not started: deadline passed")
+                    outcome[store.run_key(cfg)] = DeadlinePassed("not started: deadline passed")
                     continue
                 one(cfg)
     finally:

@@ -12,7 +12,8 @@ import os
 import sys
 
 from samkit.train.checkpoint import CheckpointError
-from samkit.sweep.engine import CacheError, train_missing
+from samkit.sweep.engine import train_missing
+from samkit.sweep.store import CacheError
 from samkit.train.config import TrainConfig
 
 

@@ -115,7 +115,7 @@ class TrainConfig:
 # Fields added after the run cache (results/runs, hours of training) was started. The key of a
 # run hashes key_dict(), so a new field would change the key of every existing config and orphan
 # its cached result: these fields are left out of key_dict() while they hold their default, and
-# a config that existed before them keeps its key (tests/test_train_variants.py checks the
+# a config that existed before them keeps its key (tests/test_engine.py checks the
 # committed cache entries). Their defaults are therefore fixed for good: a changed default would
 # give an old key to a run with other numbers. Add every field added from now on here.
 KEY_OMITTED_AT_DEFAULT = {"sam_interval": 1, "looksam_alpha": 0.7, "bn_perturbed": "frozen",

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from samkit.data import datasets as data_mod
+from samkit.data import datasets as data_mod, toy
 from samkit.optim import graph_step as graphs
 from samkit.train.build import build
 from samkit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -47,9 +47,9 @@ def train_examples(config) -> int:
     its 12 points)."""
     c = config if isinstance(config, dict) else dataclasses.asdict(config)
     if c["dataset"] == "toy1d":
-        return len(data_mod.TOY1D_X)
+        return len(toy.TOY1D_X)
     if c["dataset"] == "synthetic":
-        return c["n_train"] or data_mod.SYNTH_N_TRAIN
+        return c["n_train"] or toy.SYNTH_N_TRAIN
     return c["n_train"] or data_mod.SPLIT_SIZES[c["dataset"]][0] - c["n_val"]
 
 

@@ -1,4 +1,5 @@
-"""Cheaper SAM variants checked against float64 re-derivations of their published rules.
+"""samkit.optim.variants (LookSAM, MomentumSAM) and SAM's ``interval``: the cheaper SAM variants
+checked against float64 re-derivations of their published rules.
 
 - SAM(interval=k): MosaicML Composer's SAM runs the ascent on steps where (step + 1) % k == 0
   (step counted from 0); the other steps are plain base-optimizer steps.

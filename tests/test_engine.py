@@ -1,18 +1,25 @@
-"""Grid expansion, the run cache, and the statistics against scipy/numpy references."""
+"""samkit.sweep.engine: grid expansion, run keys (those of the existing run cache never change),
+the run cache (only what is missing is trained, sealed results, damaged ones refused, debris of
+killed sweeps removed), worker processes and shards, the rows and the cost estimate."""
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+import yaml
 
-from samkit import provenance
+from conftest import SYN, TINY_SYNTHETIC as TINY, TOY_COST_PARAMS as TOY
+from samkit.pipeline import params
 from samkit.sweep import engine as sweep
+from samkit.sweep import store
+from samkit.train import config
 from samkit.train.config import TrainConfig
 
-TINY = dict(dataset="synthetic", n_train=64, model="mlp", width=8, epochs=2, batch_size=16,
-            device="cpu", n_test=0)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_expand_grid_arms_and_dedup():
@@ -23,13 +30,13 @@ def test_expand_grid_arms_and_dedup():
     assert len(cfgs) == 3 * 2 * (1 + 2)
     assert {c.width for c in cfgs} == {4, 8, 16}
     assert all(c.epochs == 3 for c in cfgs if c.width == 16)
-    assert len({sweep.run_key(c) for c in cfgs}) == len(cfgs)
+    assert len({store.run_key(c) for c in cfgs}) == len(cfgs)
 
 
 def test_run_key_ignores_execution_fields():
     a = TrainConfig(**TINY)
-    assert sweep.run_key(a) == sweep.run_key(TrainConfig(**{**TINY, "device": "auto"}, tag="x"))
-    assert sweep.run_key(a) != sweep.run_key(TrainConfig(**{**TINY, "seed": 1}))
+    assert store.run_key(a) == store.run_key(TrainConfig(**{**TINY, "device": "auto"}, tag="x"))
+    assert store.run_key(a) != store.run_key(TrainConfig(**{**TINY, "seed": 1}))
 
 
 def test_cache_runs_only_what_is_missing(tmp_path):
@@ -52,7 +59,7 @@ def test_a_result_of_an_older_format_is_retrained(tmp_path):
     cache = str(tmp_path / "runs")
     cfg = TrainConfig(**TINY)
     sweep.run_sweep([cfg], cache=cache, progress=False)
-    path = os.path.join(cache, f"{sweep.run_key(cfg)}.json")
+    path = os.path.join(cache, f"{store.run_key(cfg)}.json")
     with open(path) as f:
         stored = json.load(f)
     old = {k: v for k, v in stored.items() if k not in ("format", "train_seconds")}
@@ -61,30 +68,6 @@ def test_a_result_of_an_older_format_is_retrained(tmp_path):
     again = sweep.run_sweep([cfg], cache=cache, progress=False)
     assert not again["cached"].any() and again["train_seconds"].notna().all()
     assert sweep.run_sweep([cfg], cache=cache, progress=False)["cached"].all()
-
-
-def test_commit_is_dirty_only_for_code_changes(tmp_path, monkeypatch):
-    """The pipeline rewrites tracked results while it runs; that must not mark them "-dirty"."""
-    def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                       capture_output=True)
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "samkit").mkdir()
-    (tmp_path / "results").mkdir()
-    (tmp_path / "samkit" / "sam.py").write_text("a = 1\n")
-    (tmp_path / "results" / "runs.csv").write_text("x\n1\n")
-    git("init", "-q")
-    git("add", ".")
-    git("commit", "-qm", "init")
-    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-    commit = provenance.git_commit.__wrapped__
-    (tmp_path / "results" / "runs.csv").write_text("x\n2\n")
-    monkeypatch.chdir(tmp_path / "results")  # also from a subdirectory
-    assert commit() == head
-    (tmp_path / "samkit" / "sam.py").write_text("a = 2\n")
-    assert commit() == head + "-dirty"
 
 
 def test_workers_give_bit_identical_results_to_a_serial_sweep(tmp_path):
@@ -97,8 +80,8 @@ def test_workers_give_bit_identical_results_to_a_serial_sweep(tmp_path):
     cols = [c for c in serial.columns if c.startswith(("final_", "best_"))]
     pd.testing.assert_frame_equal(serial[cols], parallel[cols])
     for k in serial["key"]:
-        a, b = (sweep.load_result(k, str(tmp_path / d)) for d in "ab")
-        assert a["history"] == b["history"] and b["numerics"] == sweep.NUMERICS_VERSION
+        a, b = (store.load_result(k, str(tmp_path / d)) for d in "ab")
+        assert a["history"] == b["history"] and b["numerics"] == store.NUMERICS_VERSION
     assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))
 
 
@@ -106,31 +89,14 @@ def test_a_shard_takes_every_nth_run(tmp_path):
     cfgs = [TrainConfig(**TINY, seed=s) for s in range(3)]
     sweep.train_missing(cfgs, str(tmp_path), progress=False, shard=(1, 2))
     # only run 1, and no lock file: shards are disjoint, locks over NFS are not trusted
-    assert sorted(os.listdir(tmp_path)) == [f"{sweep.run_key(cfgs[1])}.json"]
+    assert sorted(os.listdir(tmp_path)) == [f"{store.run_key(cfgs[1])}.json"]
 
 
 def test_numerics_version_is_part_of_the_key(monkeypatch):
     cfg = TrainConfig(**TINY)
-    before = sweep.run_key(cfg)
-    monkeypatch.setattr(sweep, "NUMERICS_VERSION", sweep.NUMERICS_VERSION + 1)
-    assert sweep.run_key(cfg) != before
-
-
-def test_cluster_jobs_share_the_runs_through_the_cache(tmp_path):
-    """submitit's local executor stands in for SLURM: 2 jobs, disjoint shares, one cache;
-    the sweep afterwards finds every run cached and equal to a serial run's numbers."""
-    submitit = pytest.importorskip("submitit")
-    from samkit.sweep import cluster
-    cfgs = [TrainConfig(**TINY, seed=s) for s in range(3)]
-    ex = submitit.LocalExecutor(folder=str(tmp_path / "logs"))
-    ex.update_parameters(timeout_min=5)
-    jobs = cluster.submit(cfgs, str(tmp_path / "runs"), ex, n_jobs=2)
-    cluster.wait(jobs)
-    got = sweep.run_sweep(cfgs, cache=str(tmp_path / "runs"), progress=False)
-    assert got["cached"].all()
-    serial = sweep.run_sweep(cfgs, cache=str(tmp_path / "serial"), workers=1, progress=False)
-    cols = [c for c in got.columns if c.startswith("final_")]
-    pd.testing.assert_frame_equal(got[cols], serial[cols])
+    before = store.run_key(cfg)
+    monkeypatch.setattr(store, "NUMERICS_VERSION", store.NUMERICS_VERSION + 1)
+    assert store.run_key(cfg) != before
 
 
 # ----------------------------------------------------------------------------- a trusted cache
@@ -139,14 +105,14 @@ def _one_run(tmp_path):
     cache = str(tmp_path / "runs")
     cfg = TrainConfig(**TINY)
     sweep.run_sweep([cfg], cache=cache, progress=False)
-    return cfg, cache, os.path.join(cache, f"{sweep.run_key(cfg)}.json")
+    return cfg, cache, os.path.join(cache, f"{store.run_key(cfg)}.json")
 
 
 def test_a_truncated_or_edited_result_is_refused_by_name_never_used(tmp_path):
     cfg, cache, path = _one_run(tmp_path)
     text = open(path).read()
     stored = json.loads(text)
-    assert list(stored)[-1] == "sha256" and stored["sha256"] == sweep._digest(stored)
+    assert list(stored)[-1] == "sha256" and stored["sha256"] == store._digest(stored)
     edited = {**stored, "best": {**stored["best"], "test_loss": 0.001}}   # a hand edit
     damages = {"truncated": (text[:len(text) // 2], "not a stored result (truncated"),
                "edited": (json.dumps(edited, indent=1), "checksum mismatch (edited or damaged")}
@@ -154,8 +120,8 @@ def test_a_truncated_or_edited_result_is_refused_by_name_never_used(tmp_path):
         with open(path, "w") as f:
             f.write(damaged)
         for read in (lambda: sweep.run_sweep([cfg], cache=cache, progress=False),
-                     lambda: sweep.load_result(sweep.run_key(cfg), cache)):
-            with pytest.raises(sweep.CacheError) as e:
+                     lambda: store.load_result(store.run_key(cfg), cache)):
+            with pytest.raises(store.CacheError) as e:
                 read()
             assert str(e.value).startswith(f"{path}: {why}"), (name, str(e.value))
             assert "\n" not in str(e.value) and "delete it to retrain" in str(e.value)
@@ -182,7 +148,7 @@ def _cli(*args, cwd=None):
 def test_seal_adds_only_the_checksum_and_an_unsealed_result_is_refused(tmp_path):
     cfg, cache, path = _one_run(tmp_path)
     before = _unsealed(path)
-    with pytest.raises(sweep.CacheError) as e:
+    with pytest.raises(store.CacheError) as e:
         sweep.run_sweep([cfg], cache=cache, progress=False)
     assert str(e.value) == (f"{path}: no sha256 checksum (stored before results were sealed); "
                             f"allowed: a sealed result: run `python -m samkit cache seal --cache "
@@ -291,7 +257,7 @@ def test_a_killed_sweep_leaves_debris_that_the_next_start_removes(tmp_path):
     left = sorted(os.path.basename(f) for f in glob.glob(str(cache / "*")))
     assert [f for f in left if f.startswith("sweep-")] and \
         len([f for f in left if f.endswith(".lock")]) == 2, left
-    sweep.remove_debris(str(cache))   # what the next sweep.run does first
+    store.remove_debris(str(cache))   # what the next sweep.run does first
     # left: the checkpoints to resume (and a checkpoint write cut short, removed under the
     # run's lock when it resumes)
     assert sorted(os.listdir(cache)) == [f for f in left if ".ckpt" in f]
@@ -303,3 +269,124 @@ def _cmdline(pid):
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+# ----------------------------------------------------------------------------- run keys
+
+# The research base of params.yaml (cpu profile), and run keys computed by the code before the
+# new fields existed (commit a7de158): they must never change.
+RESEARCH = dict(dataset="fashion_mnist", model="mlp", depth=2, n_train=10000, n_val=5000,
+                n_test=0, data_seed=-1, rho=0.05, lr=0.1, momentum=0.9, weight_decay=0.0001,
+                batch_size=128, epochs=60, schedule="step3", eval_every=3, early_stopping=True)
+
+
+PINNED_KEYS = [
+    (dict(optimizer="sgd", width=8, seed=5), "075b56d122a3e658"),
+    (dict(optimizer="sam", width=32, seed=0), "1e6d91e0400fa249"),
+    (dict(optimizer="asam", width=32, seed=1, rho=0.5), "510bd33263f13c8d"),
+    (dict(optimizer="sam", width=512, seed=4, label_noise=0.4), "294af14928a6302c"),
+    (dict(optimizer="sgd", width=512, seed=2, epochs=120), "b878c2108cd25be2"),
+]
+
+
+@pytest.mark.parametrize("extra, key", PINNED_KEYS)
+def test_keys_of_existing_configs_are_unchanged(extra, key):
+    cfg = TrainConfig(**{**RESEARCH, **extra})
+    assert store.run_key(cfg) == key
+    assert not set(config.KEY_OMITTED_AT_DEFAULT) & set(cfg.key_dict())
+    # spelling out the defaults is the same run
+    same = TrainConfig(**{**RESEARCH, **extra, **config.KEY_OMITTED_AT_DEFAULT})
+    assert store.run_key(same) == key
+
+
+def _tracked_runs():
+    try:
+        out = subprocess.run(["git", "ls-files", "results/runs"], cwd=REPO, capture_output=True,
+                             text=True, timeout=30, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("git is not available")
+    runs = [p for p in out if p.endswith(".json") and os.path.exists(os.path.join(REPO, p))]
+    if not runs:
+        pytest.skip("no committed run cache in this checkout")
+    return runs
+
+
+def test_every_committed_cache_entry_keeps_its_key():
+    """Each committed result, stored before the new fields existed, is found again: its own
+    config hashes to its file name, and the width study's cpu configs find the entries."""
+    tracked = _tracked_runs()
+    for path in tracked:
+        with open(os.path.join(REPO, path)) as f:
+            stored = json.load(f)["config"]
+        key = os.path.basename(path)[:-len(".json")]
+        assert store.run_key(TrainConfig(**stored)) == key, path
+    with open(os.path.join(REPO, "params.yaml")) as f:
+        section = yaml.safe_load(f)["width"]
+    width_keys = {store.run_key(c) for c in params.study_configs("width", section, "cpu")}
+    found = {os.path.basename(p)[:-len(".json")] for p in tracked} & width_keys
+    assert found, "no committed run of the width study's cpu configs is found by its key"
+    for key in found:
+        assert os.path.exists(os.path.join(REPO, "results", "runs", f"{key}.json"))
+
+
+def test_new_options_change_the_key_only_where_they_act():
+    def key(**kw):
+        return store.run_key(TrainConfig(**{**SYN, **kw}))
+    sam = key(optimizer="sam")
+    assert key(optimizer="sam", sam_interval=5) != sam
+    assert key(optimizer="asam", sam_interval=5) != key(optimizer="asam")
+    assert key(optimizer="looksam") != sam
+    assert key(optimizer="looksam", looksam_alpha=0.5) != key(optimizer="looksam")
+    assert key(optimizer="looksam", sam_interval=10) != key(optimizer="looksam")
+    assert key(optimizer="msam") not in (sam, key(optimizer="sgd"))
+    assert key(optimizer="msam", rho=0.3) != key(optimizer="msam")
+    # ignored options: one cache entry whatever their value
+    assert key(optimizer="sgd", sam_interval=5, looksam_alpha=0.1) == key(optimizer="sgd")
+    assert key(optimizer="sam", looksam_alpha=0.1) == sam
+    assert key(optimizer="msam", sam_interval=5, eta=0.5) == key(optimizer="msam")
+    assert key(optimizer="looksam", eta=0.5) == key(optimizer="looksam")
+
+
+def test_old_results_derive_grad_evals_exactly():
+    """A result of the cpu profile's kind stored before the count existed (no grad_evals, no
+    new config fields): epochs x ceil(10000 / 128) steps, x2 for SAM; diverged: its epochs."""
+    def old(optimizer, status="ok", diverged_epoch=None, **kw):
+        stored = dataclasses.asdict(TrainConfig(**{**RESEARCH, "optimizer": optimizer, **kw}))
+        for k in config.KEY_OMITTED_AT_DEFAULT:
+            stored.pop(k)
+        return {"config": stored, "status": status, "diverged_epoch": diverged_epoch,
+                "params": 1, "nonzero_params": 1, "seconds": 1.0}
+    assert sweep.to_row(old("sgd"))["grad_evals"] == 60 * 79
+    assert sweep.to_row(old("sam"))["grad_evals"] == 2 * 60 * 79
+    assert sweep.to_row(old("sgd", epochs=120))["grad_evals"] == 120 * 79
+    assert sweep.to_row(old("asam", n_train=0))["grad_evals"] == 2 * 60 * math.ceil(55000 / 128)
+    assert sweep.to_row(old("sam", "diverged", 9))["grad_evals"] == 2 * 9 * 79
+    assert math.isnan(sweep.to_row(old("sam", "diverged", None))["grad_evals"])
+
+
+# ----------------------------------------------------------------------------- what a sweep costs
+
+def test_the_estimate_scales_measured_runs_by_passes(tmp_path):
+    """A stored sgd run of width 5 that took 60 s for 20 epochs of 12 examples (one full batch
+    a step): 0.25 s per example and pass. SAM takes two passes a step, and 40 epochs twice the
+    steps; width 10, not measured, is scaled from the nearest width by (10/5)^2; a model the
+    cache never ran takes samkit.sweep.engine.REFERENCE_RATES."""
+    from samkit.sweep import engine as sweep
+    from samkit.train.config import TrainConfig
+    base = yaml.safe_load(TOY.replace("EPOCHS", "20").replace("SEEDS", "[0]")
+                          .replace("MAX", ""))["simplicity"]["quick"]["base"]
+    cfg = TrainConfig(**base, width=5, optimizer="sgd")
+    cache = tmp_path / "runs"
+    cache.mkdir()
+    stored = {"config": dataclasses.asdict(cfg), "status": "ok", "seconds": 60.0}
+    (cache / f"{store.run_key(cfg)}.json").write_text(json.dumps(store.sealed(stored)))
+    hours = {}
+    for name, kw in {"measured": {}, "sam": {"optimizer": "sam"}, "40 epochs": {"epochs": 40},
+                     "width 10": {"width": 10}, "seed 1": {"seed": 1}}.items():
+        todo, hours[name] = sweep.estimate([dataclasses.replace(cfg, **kw)], str(cache))
+        assert len(todo) == (0 if name == "measured" else 1)
+    assert hours == pytest.approx({"measured": 0, "sam": 120 / 3600, "40 epochs": 120 / 3600,
+                                   "width 10": 240 / 3600, "seed 1": 60 / 3600})
+    width, rate = sweep.REFERENCE_RATES["one_hidden_relu"]
+    todo, h = sweep.estimate([dataclasses.replace(cfg, width=width)], str(tmp_path / "empty"))
+    assert h == pytest.approx(20 * 12 * rate / 3600)

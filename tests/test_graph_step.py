@@ -1,11 +1,13 @@
-"""The SAM family under torch.compile gives the weights of its published rules.
+"""samkit.optim.graph_step.train_step (the trainer's one step) under torch.compile: the SAM family
+gives the weights of its published rules (and so does SAM's own ``opt.step(closure)``). The CUDA
+graphs of graph_step.GraphStep: tests/test_gpu.py.
 
 Dynamo (torch 2.14) drops attribute writes on optimizer objects: a traced SAM step used to
 forget w and update from w + ε (max |Δw| 2e-1 against eager after 3 steps of an MLP, with
 backend="eager", i.e. in the tracing). The steps now run eagerly inside the compiled function.
 Each case compiles samkit's one training step (samkit.optim.graph_step.train_step, what the trainer runs)
 or ``opt.step(closure)`` and checks 10 steps against the float64 re-derivations of
-tests/test_sam.py and tests/test_sam_variants.py.
+tests/test_sam.py and tests/test_variants.py.
 
 Tolerances: backend="eager" runs the very kernels of eager mode, so the float64 tolerance of
 the eager tests holds (1e-12). Inductor generates its own fused kernels for the forward and
@@ -24,8 +26,8 @@ from samkit.optim.graph_step import train_step
 from samkit.optim.sam import SAM
 from samkit.optim.variants import LookSAM, MomentumSAM
 from test_sam import _ref_sgd
-from test_sam_variants import (SGD_HP, _assert_weights, _batches, _hp, _mlp, _ref_interval,
-                               _ref_looksam, _ref_msam)
+from test_variants import (SGD_HP, _assert_weights, _batches, _hp, _mlp, _ref_interval,
+                           _ref_looksam, _ref_msam)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
