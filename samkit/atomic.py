@@ -37,6 +37,6 @@ def write_json(path, obj) -> None:
 
 
 def _json_default(o):
-    if isinstance(o, (np.integer, np.floating)):
+    if isinstance(o, (np.integer, np.floating, np.bool_)):  # a comparison of numpy values
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

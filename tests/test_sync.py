@@ -63,6 +63,22 @@ def test_sync_rewrites_only_between_its_markers_and_check_names_stale_files(tmp_
         sync.stale(str(tmp_path))
 
 
+def test_the_cli_check_fails_on_a_stale_file_and_sync_fixes_it(tmp_path):
+    (tmp_path / "book").mkdir()
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "book" / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    check = [sys.executable, "-m", "samkit", "sync", "--check"]
+    r = subprocess.run(check, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout.startswith("stale: ./book/_toc.yml"), r.stdout
+    r = subprocess.run(check[:-1], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout == "wrote: ./book/_toc.yml\n", r.stdout + r.stderr
+    assert (tmp_path / "book" / "_toc.yml").read_text() == (REPO / "book" / "_toc.yml").read_text()
+    r = subprocess.run(check, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == "", r.stdout
+
+
 def _digests(root: Path) -> dict:
     skip = {".git", ".dvc", "__pycache__", "results", "_build"}
     out = {}

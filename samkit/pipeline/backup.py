@@ -126,11 +126,14 @@ def remove_dead_temps(prefix: str, suffix: str) -> None:
 
 
 def _left_by_dead_processes(prefix: str, suffix: str = "") -> list[str]:
-    """The paths ``<prefix><pid><suffix>`` whose process ``pid`` is gone."""
+    """The paths ``<prefix><pid><suffix>`` whose process ``pid`` is gone. One that names this
+    process is a dead one's too: a stage cleans up before it writes anything of its own, so such
+    a path was left by a killed stage whose pid this process now has (pids repeat, in a
+    container soon)."""
     found = []
     for path in glob.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
         pid = path[len(prefix):len(path) - len(suffix)]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
             found.append(path)
     return found
 
