@@ -229,6 +229,7 @@ def test_trainer_vs_bare_cpu_clock_needs_one_thread(capsys):
 
 # --------------------------------------------------------------------------- workers.py
 
+@pytest.mark.slow
 def test_workers_quick_run_writes_its_schema(tmp_path):
     data, stdout = _run_quick(WORKERS, tmp_path / "workers.json")
     wk = _load(WORKERS)

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from samkit.train.config import TrainConfig
 
 
@@ -38,6 +40,7 @@ def test_bad_flag_value_is_one_line_and_exit_2():
     assert r.returncode == 2 and "rho: got -1.0; allowed: a number >= 0" in r.stderr
 
 
+@pytest.mark.slow
 def test_values_that_would_waste_or_wreck_a_run_are_refused_before_any_work():
     cases = {  # flags -> what the one error line must say
         ("--lr", "inf"): "lr: got inf; allowed: a finite number",

@@ -56,6 +56,7 @@ import io, json, os, sys, time, traceback
 
 import torch
 from samkit.sweep import engine as sweep
+from samkit.sweep import store
 from samkit.train import loop as train
 from samkit.train.config import TrainConfig
 
@@ -78,7 +79,7 @@ def sweep_main(cache):
             time.sleep(600)
 
     if os.environ.get("HOOKS") == "1":
-        real_train, real_cached = sweep.train_run, store.cached_run
+        real_train, real_cached = store.train_run, store.cached_run
         real_save = torch.save
         hold = float(os.environ.get("HOLD", "0"))
         counter = os.environ.get("COUNTER")
@@ -127,7 +128,8 @@ def sweep_main(cache):
             event("json-partial")
             f.write(s[len(s) // 2:])
 
-        sweep.train_run, store.cached_run = train_run, cached_run
+        # the engine calls cached_run by its own name; the store trains through train_run
+        store.train_run, sweep.cached_run = train_run, cached_run
         train._progress = lambda *args: Progress()
         torch.save, json.dump = save, dump
 

@@ -325,6 +325,7 @@ def test_the_committed_params_validate_ok():
     assert r.returncode == 0 and r.stdout.startswith("params.yaml: ok\n"), r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_over_max_core_hours_starts_only_with_yes(tmp_path):
     path = _toy(tmp_path, limit="0.000001")   # 2 toy runs: about 0.00001 core-hours
     cache = tmp_path / "runs"

@@ -20,7 +20,6 @@ NAME = "asam_adam"
 TITLE = "ASAM, and SAM on Adam"
 QUESTION = "Does ASAM beat SAM, and does SAM improve Adam?"
 PART, POSITION = "Sources' other claims", 3  # its page in the book: part and place in it
-QUEUED = True  # its cpu runs are still training: not staged, not in the book yet
 # its `dvc plots show` view: one column of one of its tables
 PLOT = {"title": "tuned differences vs width, one colour per comparison and noise rate",
         "template": "pp_vs_log2",
